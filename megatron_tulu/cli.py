@@ -1,0 +1,48 @@
+"""`megatron-tulu <command> [args...]`: a thin dispatcher.
+
+Each command lives in its own module and parses its own arguments (argparse for tools,
+Hydra overrides for trainers), so importing the CLI stays cheap and commands stay independent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> ("module:function", one-line help). The function takes the remaining argv.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build-tiny": (
+        "megatron_tulu.models.tiny:main",
+        "build the embedded tiny Llama + tokenizer as an HF dir",
+    ),
+    "convert": ("megatron_tulu.models.convert_cli:main", "HF Llama <-> Megatron distributed checkpoint"),
+    "generate": ("megatron_tulu.engine.generate_cli:main", "greedy/sampled generation on the Megatron model"),
+    "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
+    "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: megatron-tulu <command> [args...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"megatron-tulu: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = COMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    result = func(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Hydra structured configs: plain dataclasses of primitives.
+
+These are the only config types the library reads; YAML files in ``hydra_conf/`` fill them and
+``megatron_tulu.config.transformer.to_transformer_config`` maps them onto Megatron-Core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-architecture decoder (RMSNorm, SwiGLU, RoPE, GQA)."""
+
+    name: str = "tiny"
+    num_layers: int = 4
+    hidden_size: int = 256
+    ffn_hidden_size: int = 768
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    kv_channels: int = 64  # head_dim
+    vocab_size: int = 3999
+    max_position_embeddings: int = 4096
+    rotary_base: float = 500000.0
+    # Llama 3.1 RoPE scaling; Megatron-Core hard-codes low/high frequency factors 1/4 and an
+    # original context of 8192, so other values are refused (see validate_model).
+    rope_scaling: bool = True
+    rope_scaling_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
+    norm_epsilon: float = 1e-5
+    tie_word_embeddings: bool = False
+    init_method_std: float = 0.02
+    # Megatron pads the vocabulary to a multiple of this times TP.
+    make_vocab_size_divisible_by: int = 128
+    # An HF directory to initialise from (None: random init; the tiny preset builds its own).
+    hf_path: str | None = None
+
+
+@dataclass
+class ParallelConfig:
+    """Learner layout. ``dp`` is derived from the world size when left at -1."""
+
+    name: str = "single"
+    tp: int = 1
+    pp: int = 1
+    dp: int = -1
+    cp: int = 1
+    ep: int = 1
+    vpp: int | None = None
+    sequence_parallel: bool = False
+    # Megatron's DistributedOptimizer (ZeRO-1 over DP) on GPU; CPU always uses the plain path.
+    use_distributed_optimizer: bool = True
+    distributed_timeout_minutes: int = 30
+
+
+@dataclass
+class PrecisionConfig:
+    params_dtype: str = "fp32"  # fp32 | bf16 | fp16
+    fp8: str | None = None  # None | e4m3 | hybrid (Transformer Engine, GPU only)
+    fp8_recipe: str = "delayed"
+    transformer_impl: str = "auto"  # auto | local | transformer_engine
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_ratio: float = 0.03
+    lr_decay_style: str = "linear"
+
+
+@dataclass
+class CheckpointConfig:
+    save_dir: str | None = None
+    save_interval: int = 0  # steps; 0: only the final checkpoint
+    load_dir: str | None = None
+    resume: bool = False
+    keep_last: int = 2
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1234
+    micro_batch_size: int = 4
+    global_batch_size: int = 16
+    seq_length: int = 512
+    train_iters: int = 100
+    log_interval: int = 1
+    output_dir: str = "outputs/run"
+
+
+@dataclass
+class RunConfig:
+    """The root config every entry point composes."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,104 @@
+"""Start torch.distributed and Megatron-Core's ``parallel_state`` for a validated layout."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from megatron_tulu.config.schema import ModelConfig, ParallelConfig
+from megatron_tulu.config.validate import validate_layout
+from megatron_tulu.engine.cpu_compat import enable_cpu_compat
+
+
+@dataclass(frozen=True)
+class ParallelInfo:
+    """Where this process sits in the TP x PP x DP grid."""
+
+    world_size: int
+    rank: int
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    device: torch.device
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+
+def device_for_rank() -> torch.device:
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(timeout_minutes: int = 30) -> None:
+    """Join the torchrun world (or make a world of one). NCCL on CUDA, gloo otherwise."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29511")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    device_for_rank()
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def init_parallel(model: ModelConfig, parallel: ParallelConfig, seed: int = 1234) -> ParallelInfo:
+    """Validate the layout, then initialise distributed state, model-parallel groups and RNG.
+
+    The layout is checked against ``WORLD_SIZE`` *before* any process group is created, so a
+    bad Hydra override fails at once with a message instead of hanging in a collective.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dp = validate_layout(model, parallel, world_size)
+    enable_cpu_compat()
+    init_distributed(parallel.distributed_timeout_minutes)
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp,
+        context_parallel_size=parallel.cp,
+        expert_model_parallel_size=parallel.ep,
+        distributed_timeout_minutes=parallel.distributed_timeout_minutes,
+    )
+    # Same data on every DP rank is not what we want for dropout-free models either way; seeds
+    # differ per PP stage so layers on different stages do not get identical initial weights.
+    model_parallel_cuda_manual_seed(seed + 100 * parallel_state.get_pipeline_model_parallel_rank())
+    torch.manual_seed(seed)
+    return ParallelInfo(
+        world_size=world_size,
+        rank=dist.get_rank(),
+        tp=parallel.tp,
+        pp=parallel.pp,
+        dp=dp,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        device=device_for_rank(),
+    )
+
+
+def destroy_parallel() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

