@@ -1,0 +1,601 @@
+"""Deterministic synthetic verifiable tasks: the embedded default data for SFT, DPO and RLVR.
+
+Two task families mirror the verifiable parts of the Tülu 3 RLVR mix (tulu3-facts §3), shrunk so that a
+~5M-parameter model can learn them on a CPU in minutes:
+
+* ``gsm8k``: 1-3 step arithmetic word problems with small integers. Responses are a short chain of thought
+  ending in the GSM8K marker ``#### N`` (or the variant ``The answer is N.``); the ground truth is ``"N"``.
+* ``ifeval``: a short writing request plus one or two IFEval constraints (real IFEval instruction ids and
+  kwarg names). The ground truth is the JSON string
+  ``{"instruction_id_list": [...], "kwargs": [{...}, ...]}``.
+
+Row layouts (one JSON object per line in the shipped files):
+
+* SFT: ``{"id", "messages": [{"role", "content"}, ...], "dataset"}``. Some rows carry a system prompt and
+  some are two-turn, so label masking of non-final assistant turns gets exercised.
+* Preference: ``{"id", "prompt", "chosen", "rejected", "dataset"}`` in the layout of the Tülu 3 preference
+  mixture: ``prompt`` is the user text, ``chosen`` / ``rejected`` are full conversations
+  ``[user, assistant]`` that differ only in the assistant reply. ``chosen`` passes the verifier,
+  ``rejected`` fails it (off-by-k arithmetic, or one violated constraint).
+* RLVR: ``{"id", "messages": [user turn], "ground_truth", "dataset"}``. ``ground_truth`` is always a string
+  (JSON-encoded for ifeval) so every column has one type, as in the Tülu RLVR datasets.
+
+Train / held-out split: a problem's split is a pure function of a hash of its prompt text, so the two
+splits can never share an identical problem, whatever ``n`` and ``seed`` are, and across all three row kinds.
+``response_is_correct`` is a small reference checker for exactly the constraints generated here; the real
+verifiers live in ``megatron_tulu.rewards``.
+
+Regenerate the shipped files with ``python -m megatron_tulu.data.synthetic --out megatron_tulu/assets/data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Split = Literal["train", "heldout"]
+SPLITS: tuple[str, ...] = ("train", "heldout")
+# About one problem in ten is held out.
+HELDOUT_BUCKETS = 10
+
+EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "data"
+
+# Default sizes of the shipped files: small enough for a CPU run, large enough to see learning.
+DEFAULT_SIZES: dict[str, int] = {"sft": 2000, "dpo": 1000, "rlvr": 1000, "heldout": 200}
+
+# --------------------------------------------------------------------------------------------------------
+# Vocabulary for the word problems.
+
+NAMES = (
+    "Sam", "Mia", "Leo", "Ava", "Noah", "Emma", "Liam", "Zoe", "Omar", "Lily", "Ben", "Nora", "Ivan", "Ruth",
+    "Kai", "Anna", "Raj", "Elena", "Tom", "Grace", "Yuki", "Hugo", "Maya", "Felix", "Iris", "Jack", "Lucy",
+    "Amir", "Sara", "Paul", "Nina", "Carlos", "Hana", "Owen", "Julia", "Theo", "Rosa", "Eli", "Tara", "Max",
+)  # fmt: skip
+
+ITEMS = (
+    "apples", "marbles", "stickers", "books", "pencils", "cookies", "coins", "stamps", "shells", "cards",
+    "balloons", "oranges", "eggs", "flowers", "toy cars", "ribbons", "buttons", "crayons", "candles", "beads",
+    "muffins", "tickets", "rocks", "feathers", "plums", "erasers", "postcards", "magnets", "kites", "lemons",
+)  # fmt: skip
+
+CONTAINERS = ("bags", "boxes", "packs", "jars", "baskets")
+
+
+@dataclass(frozen=True)
+class ArithmeticProblem:
+    """One word problem: the question, its worked solution steps and the exact answer."""
+
+    question: str
+    start_line: str  # "Sam starts with 12 apples."
+    steps: tuple[str, ...]  # ("12 + 7 = 19.", "19 - 5 = 14.")
+    answer: int
+
+    def response(self, style: str = "hash", answer: int | None = None) -> str:
+        """Short chain of thought; ``answer`` overrides the final number (to build wrong replies)."""
+        final = self.answer if answer is None else answer
+        steps = list(self.steps)
+        if answer is not None and answer != self.answer:
+            # Keep the reasoning but botch the last computation, as a careless model would.
+            head, _, _ = steps[-1].rpartition("= ")
+            steps[-1] = f"{head}= {final}."
+        body = " ".join([self.start_line, *steps])
+        if style == "hash":
+            return f"{body}\n#### {final}"
+        return f"{body} The answer is {final}."
+
+
+def make_arithmetic_problem(rng: random.Random) -> ArithmeticProblem:
+    """Draw a 1-3 step problem; every intermediate count stays a small non-negative integer."""
+    name = rng.choice(NAMES)
+    items = rng.choice(ITEMS)
+    n_steps = rng.choice((1, 2, 2, 3))
+    count = rng.randint(3, 30)
+    sentences = [f"{name} has {count} {items}."]
+    start_line = f"{name} starts with {count} {items}."
+    steps: list[str] = []
+    last_op = ""
+    for i in range(n_steps):
+        ops = ["add", "sub", "pack"]
+        if count % 2 == 0 and count >= 4:
+            ops.append("half")
+        op = rng.choice(ops)
+        if op == "sub" and count < 2:
+            op = "add"
+        lead = "" if i == 0 else rng.choice(("Then ", "After that ", "Later "))
+        if op == "add":
+            k = rng.randint(1, 15)
+            verb = rng.choice(
+                ("buys {k} more", "finds {k} more", "gets {k} more from a friend", "wins {k} more")
+            )
+            sentences.append(f"{lead}{name} {verb.format(k=k)}.")
+            steps.append(f"{count} + {k} = {count + k}.")
+            count += k
+        elif op == "sub":
+            k = rng.randint(1, min(count, 15))
+            verb = rng.choice(("gives away {k}", "loses {k}", "sells {k}", "gives {k} to a neighbor"))
+            sentences.append(f"{lead}{name} {verb.format(k=k)}.")
+            steps.append(f"{count} - {k} = {count - k}.")
+            count -= k
+        elif op == "pack":
+            m, k = rng.randint(2, 5), rng.randint(2, 6)
+            box = rng.choice(CONTAINERS)
+            sentences.append(f"{lead}{name} buys {m} {box} with {k} {items} in each.")
+            steps.append(f"{m} * {k} = {m * k}.")
+            steps.append(f"{count} + {m * k} = {count + m * k}.")
+            count += m * k
+        else:  # half
+            half = count // 2
+            sentences.append(f"{lead}{name} gives away half of them.")
+            steps.append(f"{count} / 2 = {half}.")
+            steps.append(f"{count} - {half} = {half}.")
+            count -= half
+        last_op = op
+    ending = "have left" if last_op in ("sub", "half") else rng.choice(("have now", "have in total"))
+    sentences.append(f"How many {items} does {name} {ending}?")
+    return ArithmeticProblem(" ".join(sentences), start_line, tuple(steps), count)
+
+
+# --------------------------------------------------------------------------------------------------------
+# IFEval-style constrained writing.
+
+# Each topic has short comma-free sentences, so "no commas" holds for the plain text and a comma is only
+# ever introduced on purpose (to build a rejected reply).
+TOPICS: dict[str, tuple[str, ...]] = {
+    "the sea": (
+        "The sea is calm and blue under the morning sun.",
+        "Waves roll onto the sand and pull back again.",
+        "The sea smells of salt and cold wind.",
+    ),
+    "mountains": (
+        "Mountains rise high above the quiet valley.",
+        "Snow stays on the tall peaks all year.",
+        "The mountain path is steep but the view is worth it.",
+    ),
+    "autumn": (
+        "Autumn turns the leaves red and gold.",
+        "The air grows cool as the days get shorter.",
+        "In autumn people rake leaves into big piles.",
+    ),
+    "coffee": (
+        "Coffee is a warm drink that many people enjoy in the morning.",
+        "Fresh coffee has a rich and bitter taste.",
+        "A cup of coffee can help a tired student stay awake.",
+    ),
+    "a library": (
+        "A library is a quiet place full of books.",
+        "People visit the library to read and to learn.",
+        "The library lends books to anyone with a card.",
+    ),
+    "the moon": (
+        "The moon glows softly in the night sky.",
+        "The moon changes shape over the course of a month.",
+        "People first walked on the moon in 1969.",
+    ),
+    "rain": (
+        "Rain taps gently on the roof at night.",
+        "After the rain the streets shine like glass.",
+        "Plants need rain to grow strong and green.",
+    ),
+    "a small town": (
+        "A small town has a main street and a few shops.",
+        "In a small town people often know their neighbors.",
+        "Life in a small town moves at a slow pace.",
+    ),
+    "trains": (
+        "Trains carry people and goods across the country.",
+        "A long train rumbles past the station.",
+        "Riding a train is a calm way to travel.",
+    ),
+    "bees": (
+        "Bees fly from flower to flower collecting nectar.",
+        "Bees make honey and help plants grow fruit.",
+        "A busy hive can hold thousands of bees.",
+    ),
+    "winter": (
+        "Winter brings snow and short cold days.",
+        "In winter people wear warm coats and hats.",
+        "Children build snowmen when winter comes.",
+    ),
+    "bread": (
+        "Fresh bread smells wonderful when it leaves the oven.",
+        "Bread is made from flour and water and yeast.",
+        "A slice of warm bread with butter is a simple joy.",
+    ),
+    "cats": (
+        "Cats like to sleep in warm and sunny spots.",
+        "A cat can jump many times its own height.",
+        "Cats clean their fur with their rough tongues.",
+    ),
+    "the city at night": (
+        "The city at night is bright with a thousand lights.",
+        "Cars move slowly through the busy streets after dark.",
+        "Tall buildings shine against the black sky.",
+    ),
+    "a forest": (
+        "A forest is full of tall trees and soft moss.",
+        "Birds sing high in the branches of the forest.",
+        "Walking in a forest can make a person feel calm.",
+    ),
+    "music": (
+        "Music can lift the mood of a whole room.",
+        "A simple song can stay in your head all day.",
+        "People play music to celebrate and to remember.",
+    ),
+    "the desert": (
+        "The desert is hot by day and cold at night.",
+        "Sand dunes in the desert move slowly with the wind.",
+        "Few plants can live in the dry desert.",
+    ),
+    "a bicycle": (
+        "A bicycle is a cheap and clean way to get around.",
+        "Riding a bicycle keeps the body strong.",
+        "A bicycle needs air in its tires and oil on its chain.",
+    ),
+    "the stars": (
+        "The stars shine brightest far from city lights.",
+        "Sailors once used the stars to find their way.",
+        "Some stars are much larger than our sun.",
+    ),
+    "a garden": (
+        "A garden needs sun and water and care.",
+        "Tomatoes and beans grow well in a summer garden.",
+        "A small garden can feed a family all summer.",
+    ),
+}
+
+REQUESTS = (
+    "Write a short sentence about {topic}.",
+    "Write one sentence describing {topic}.",
+    "Tell me something about {topic} in one sentence.",
+    "Describe {topic} briefly.",
+)
+
+END_PHRASES = (
+    "Is there anything else I can help with?",
+    "Let me know if you have additional questions.",
+    "Any other questions?",
+    "That is all.",
+)
+
+KEYWORDS = ("river", "light", "journey", "friend", "window", "story", "bridge", "silver", "memory", "harbor")
+
+# instruction id -> prompt phrasings (the IFEval wording where it is short enough).
+CONSTRAINT_PROMPTS: dict[str, tuple[str, ...]] = {
+    "change_case:english_lowercase": (
+        "Your entire response should be in English and in all lowercase letters. No capital letters are allowed.",
+        "Use only lowercase letters.",
+    ),
+    "change_case:english_capital": (
+        "Your entire response should be in English and in all capital letters.",
+        "Write your answer in all capital letters.",
+    ),
+    "startend:end_checker": (
+        "Finish your response with this exact phrase '{end_phrase}'. No other words should follow this phrase.",
+        "End your response with the exact phrase '{end_phrase}'.",
+    ),
+    "punctuation:no_comma": (
+        "In your entire response refrain from the use of any commas.",
+        "Do not use any commas in your response.",
+    ),
+    "startend:quotation": (
+        "Wrap your entire response with double quotation marks.",
+        "Put your whole answer inside double quotation marks.",
+    ),
+    "keywords:existence": (
+        "Include the keyword '{keyword}' in your response.",
+        "Make sure your response contains the word '{keyword}'.",
+    ),
+    "detectable_format:title": (
+        "Your answer must contain a title wrapped in double angular brackets such as <<poem of joy>>.",
+        "Give your answer a title in double angular brackets like <<my title>>.",
+    ),
+}
+
+# Pairs that cannot be satisfied together, or whose exact-phrase wording would fight a case rule.
+_CASE_IDS = {"change_case:english_lowercase", "change_case:english_capital"}
+_INCOMPATIBLE = {
+    frozenset(_CASE_IDS),
+    frozenset({"change_case:english_lowercase", "startend:end_checker"}),
+    frozenset({"change_case:english_capital", "startend:end_checker"}),
+}
+
+
+@dataclass(frozen=True)
+class IFEvalTask:
+    """One constrained writing prompt with its chosen (compliant) and rejected (violating) replies."""
+
+    prompt: str
+    instruction_id_list: tuple[str, ...]
+    kwargs: tuple[dict[str, Any], ...]
+    chosen: str
+    rejected: str
+
+    @property
+    def ground_truth(self) -> str:
+        return json.dumps(
+            {"instruction_id_list": list(self.instruction_id_list), "kwargs": list(self.kwargs)},
+            sort_keys=True,
+        )
+
+
+@dataclass
+class _Constraint:
+    instruction_id: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _render_reply(topic: str, sentence: str, constraints: list[_Constraint], violate: str | None) -> str:
+    """Apply the constraints in a fixed order (content, case, ending, wrapping) so they all hold at once.
+
+    ``violate`` names one instruction id that is deliberately broken instead of satisfied.
+    """
+    ids = {c.instruction_id: c.kwargs for c in constraints}
+    text = sentence
+    if "keywords:existence" in ids and violate != "keywords:existence":
+        text = f"{text} It makes me think of the {ids['keywords:existence']['keywords'][0]}."
+    if violate == "punctuation:no_comma":
+        text = f"{text} Honestly, I like it."
+    if "detectable_format:title" in ids and violate != "detectable_format:title":
+        text = f"<<{topic.removeprefix('the ').removeprefix('a ').title()}>>\n{text}"
+    if "change_case:english_lowercase" in ids and violate != "change_case:english_lowercase":
+        text = text.lower()
+    if "change_case:english_capital" in ids and violate != "change_case:english_capital":
+        text = text.upper()
+    if "startend:end_checker" in ids and violate != "startend:end_checker":
+        text = f"{text} {ids['startend:end_checker']['end_phrase']}"
+    if "startend:quotation" in ids and violate != "startend:quotation":
+        text = f'"{text}"'
+    return text
+
+
+def make_ifeval_task(rng: random.Random) -> IFEvalTask:
+    """Draw a writing request with one (70%) or two (30%) compatible IFEval constraints."""
+    topic = rng.choice(sorted(TOPICS))
+    sentence = rng.choice(TOPICS[topic])
+    all_ids = sorted(CONSTRAINT_PROMPTS)
+    first = rng.choice(all_ids)
+    chosen_ids = [first]
+    if rng.random() < 0.3:
+        options = [i for i in all_ids if i != first and frozenset({first, i}) not in _INCOMPATIBLE]
+        chosen_ids.append(rng.choice(options))
+    constraints: list[_Constraint] = []
+    phrases: list[str] = []
+    for iid in chosen_ids:
+        c = _Constraint(iid)
+        if iid == "startend:end_checker":
+            c.kwargs = {"end_phrase": rng.choice(END_PHRASES)}
+        elif iid == "keywords:existence":
+            # The keyword must not already be in the sentence, or the rejected reply would still pass.
+            pool = [k for k in KEYWORDS if not re.search(k, sentence, re.IGNORECASE)]
+            c.kwargs = {"keywords": [rng.choice(pool)]}
+        constraints.append(c)
+        template = rng.choice(CONSTRAINT_PROMPTS[iid])
+        phrases.append(
+            template.format(
+                end_phrase=c.kwargs.get("end_phrase", ""), keyword=(c.kwargs.get("keywords") or [""])[0]
+            )
+        )
+    prompt = " ".join([rng.choice(REQUESTS).format(topic=topic), *phrases])
+    violate = rng.choice(chosen_ids)
+    task = IFEvalTask(
+        prompt=prompt,
+        instruction_id_list=tuple(c.instruction_id for c in constraints),
+        kwargs=tuple(dict(c.kwargs) for c in constraints),
+        chosen=_render_reply(topic, sentence, constraints, None),
+        rejected=_render_reply(topic, sentence, constraints, violate),
+    )
+    # Generation bugs should fail loudly here rather than ship mislabelled preference pairs.
+    assert check_ifeval(task.chosen, task.instruction_id_list, task.kwargs), task
+    assert not check_ifeval(task.rejected, task.instruction_id_list, task.kwargs), task
+    return task
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reference checkers (IFEval semantics for the ids generated above; GSM8K last-number match).
+
+
+def _check_one(response: str, instruction_id: str, kwargs: dict[str, Any]) -> bool:
+    if instruction_id == "change_case:english_lowercase":
+        return response.islower()
+    if instruction_id == "change_case:english_capital":
+        return response.isupper()
+    if instruction_id == "startend:end_checker":
+        # IFEval strips whitespace and surrounding quotes and compares case-insensitively.
+        value = response.strip().strip('"').lower()
+        return value.endswith(kwargs["end_phrase"].strip().lower())
+    if instruction_id == "punctuation:no_comma":
+        return "," not in response
+    if instruction_id == "startend:quotation":
+        value = response.strip()
+        return len(value) > 1 and value[0] == '"' and value[-1] == '"'
+    if instruction_id == "keywords:existence":
+        return all(re.search(k, response, flags=re.IGNORECASE) for k in kwargs["keywords"])
+    if instruction_id == "detectable_format:title":
+        return any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", response))
+    raise ValueError(f"unsupported instruction id {instruction_id!r}")
+
+
+def check_ifeval(response: str, instruction_id_list: Any, kwargs: Any) -> bool:
+    """True when ``response`` follows every instruction (strict IFEval, for the ids this module emits)."""
+    return all(_check_one(response, iid, kw or {}) for iid, kw in zip(instruction_id_list, kwargs))
+
+
+def extract_last_number(text: str) -> str | None:
+    """GSM8K-style answer extraction: drop thousands separators, take the last number."""
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
+    return numbers[-1] if numbers else None
+
+
+def response_is_correct(dataset: str, response: str, ground_truth: str) -> bool:
+    """Reference verifier for the synthetic rows (the training verifiers live in megatron_tulu.rewards)."""
+    if dataset == "gsm8k":
+        return extract_last_number(response) == ground_truth
+    if dataset == "ifeval":
+        gt = json.loads(ground_truth)
+        return check_ifeval(response, gt["instruction_id_list"], gt["kwargs"])
+    raise ValueError(f"unknown dataset {dataset!r}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Splits and row builders.
+
+
+def split_of(prompt: str) -> Split:
+    """The split a prompt belongs to: a fixed function of its text, so splits never share a problem."""
+    bucket = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") % HELDOUT_BUCKETS
+    return "heldout" if bucket == 0 else "train"
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A task drawn for some split: prompt, good and bad replies, ground truth."""
+
+    dataset: str
+    prompt: str
+    chosen: str
+    rejected: str
+    ground_truth: str
+
+
+def _draw_item(rng: random.Random, dataset: str) -> _Item:
+    if dataset == "gsm8k":
+        p = make_arithmetic_problem(rng)
+        style = "hash" if rng.random() < 0.7 else "sentence"
+        k = rng.choice((-3, -2, -1, 1, 2, 3))
+        wrong = p.answer + k if p.answer + k >= 0 else p.answer + abs(k)
+        return _Item("gsm8k", p.question, p.response(style), p.response(style, wrong), str(p.answer))
+    t = make_ifeval_task(rng)
+    return _Item("ifeval", t.prompt, t.chosen, t.rejected, t.ground_truth)
+
+
+def _items(kind: str, split: str, seed: int) -> Iterator[_Item]:
+    """Endless stream of items of ``split``, unique by prompt, alternating the two datasets at random."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    # A string seed is hashed deterministically by random.Random (unlike hash(), which is salted per process).
+    rng = random.Random(f"megatron-tulu-synthetic:{kind}:{split}:{seed}")
+    seen: set[str] = set()
+    misses = 0
+    while True:
+        item = _draw_item(rng, rng.choice(("gsm8k", "ifeval")))
+        if item.prompt in seen or split_of(item.prompt) != split:
+            misses += 1
+            if misses > 200_000:  # the prompt space is far larger than any size we ship; this is a bug guard
+                raise RuntimeError(f"synthetic {kind}/{split}: ran out of distinct prompts")
+            continue
+        seen.add(item.prompt)
+        yield item
+
+
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "You are a careful assistant. Answer briefly.",
+    "You are a friendly tutor who shows short working.",
+)
+
+
+def sft_rows(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+    """``n`` SFT conversations; about 15% have a system prompt and 10% are two user/assistant exchanges."""
+    rng = random.Random(f"megatron-tulu-sft-layout:{split}:{seed}")
+    items = _items("sft", split, seed)
+    rows = []
+    for i in range(n):
+        messages: list[dict[str, str]] = []
+        if rng.random() < 0.15:
+            messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        turns = 2 if rng.random() < 0.10 else 1
+        datasets = []
+        for _ in range(turns):
+            item = next(items)
+            datasets.append(item.dataset)
+            messages.append({"role": "user", "content": item.prompt})
+            messages.append({"role": "assistant", "content": item.chosen})
+        rows.append({"id": f"sft-{split}-{i:05d}", "messages": messages, "dataset": datasets[-1]})
+    return rows
+
+
+def preference_rows(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+    """``n`` preference pairs; chosen is verifiably correct, rejected verifiably wrong."""
+    rows = []
+    for i, item in zip(range(n), _items("dpo", split, seed)):
+        user = {"role": "user", "content": item.prompt}
+        rows.append(
+            {
+                "id": f"dpo-{split}-{i:05d}",
+                "prompt": item.prompt,
+                "chosen": [user, {"role": "assistant", "content": item.chosen}],
+                "rejected": [dict(user), {"role": "assistant", "content": item.rejected}],
+                "dataset": item.dataset,
+            }
+        )
+    return rows
+
+
+def rlvr_rows(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+    """``n`` RLVR prompts (a single user turn) with their ground truth."""
+    return [
+        {
+            "id": f"rlvr-{split}-{i:05d}",
+            "messages": [{"role": "user", "content": item.prompt}],
+            "ground_truth": item.ground_truth,
+            "dataset": item.dataset,
+        }
+        for i, item in zip(range(n), _items("rlvr", split, seed))
+    ]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_embedded_datasets(
+    out_dir: str | Path,
+    seed: int = 0,
+    n_sft: int = DEFAULT_SIZES["sft"],
+    n_dpo: int = DEFAULT_SIZES["dpo"],
+    n_rlvr: int = DEFAULT_SIZES["rlvr"],
+    n_heldout: int = DEFAULT_SIZES["heldout"],
+) -> dict[str, Path]:
+    """Write sft/dpo/rlvr.jsonl and their ``*_heldout.jsonl`` twins; returns name -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    builders: dict[str, tuple[Callable[..., list[dict[str, Any]]], int]] = {
+        "sft": (sft_rows, n_sft),
+        "dpo": (preference_rows, n_dpo),
+        "rlvr": (rlvr_rows, n_rlvr),
+    }
+    written: dict[str, Path] = {}
+    for name, (build, n_train) in builders.items():
+        for split, n in (("train", n_train), ("heldout", n_heldout)):
+            fname = f"{name}.jsonl" if split == "train" else f"{name}_heldout.jsonl"
+            write_jsonl(out / fname, build(n, seed=seed, split=split))
+            written[fname.removesuffix(".jsonl")] = out / fname
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="write the synthetic SFT/DPO/RLVR jsonl files")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-sft", type=int, default=DEFAULT_SIZES["sft"])
+    parser.add_argument("--n-dpo", type=int, default=DEFAULT_SIZES["dpo"])
+    parser.add_argument("--n-rlvr", type=int, default=DEFAULT_SIZES["rlvr"])
+    parser.add_argument("--n-heldout", type=int, default=DEFAULT_SIZES["heldout"])
+    args = parser.parse_args(argv)
+    paths = write_embedded_datasets(args.out, args.seed, args.n_sft, args.n_dpo, args.n_rlvr, args.n_heldout)
+    for name, path in paths.items():
+        print(f"{name}: {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
