@@ -107,8 +107,13 @@ def save_checkpoint(
     scheduler: OptimizerParamScheduler | None = None,
     extra: dict[str, Any] | None = None,
     keep_last: int = 0,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Save everything needed to resume at ``step`` (collective over all ranks)."""
+    """Save everything needed to resume at ``step`` (collective over all ranks).
+
+    ``meta`` (JSON-able, e.g. the model config) goes into ``megatron_tulu.json`` for tools that
+    need to know what a checkpoint holds before building a model.
+    """
     root = Path(root)
     final = root / checkpoint_name(step)
     partial = root / (checkpoint_name(step) + ".partial")
@@ -128,6 +133,7 @@ def save_checkpoint(
             "tp": parallel_state.get_tensor_model_parallel_world_size(),
             "pp": parallel_state.get_pipeline_model_parallel_world_size(),
             "saved_at": time.time(),
+            **(meta or {}),
         }
         (partial / META).write_text(json.dumps(meta, indent=2))
         if final.exists():
@@ -163,6 +169,17 @@ def find_latest(root: str | os.PathLike) -> Path | None:
             return candidate
     complete = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / META).is_file())
     return complete[-1] if complete else None
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Metadata of a checkpoint directory or of the latest checkpoint under a root."""
+    path = Path(path)
+    if not (path / META).is_file():
+        latest = find_latest(path)
+        if latest is None:
+            raise FileNotFoundError(f"{path}: no complete megatron-tulu checkpoint here")
+        path = latest
+    return dict(json.loads((path / META).read_text()), path=str(path))
 
 
 def load_checkpoint(
