@@ -1,0 +1,145 @@
+"""MATH "flex" verifier (Tülu 3 RLVR, open-instruct `verify_math_sample`).
+
+Candidates come from `math_extract.extract_candidates` (last boxed, Minerva line, last `$...$`,
+raw text). A candidate is correct if either
+
+* `math_verify.verify(parse(gold), parse(candidate))` holds (symbolic/numeric equivalence; this
+  replaces the reference's hand-rolled `sympy.simplify(a - b) == 0`), or
+* the Hendrycks-normalised strings are equal (the reference's `hendrycks_is_equiv`).
+
+Safety: only math-verify's LaTeX extraction is used. Its plain-expression extraction goes through
+`sympy.parse_expr`, which calls `eval`, so it is never enabled; for the raw-text path a plain
+trailing number is wrapped as LaTeX instead. Predictions that evaluate to `zoo`/`nan` (e.g.
+`\\frac{1}{0}`) never count as correct. The call runs under the hard time limit of
+`megatron_tulu.rewards.sandbox`; math-verify's own signal-based limits are used in addition when
+running on a main thread (always the case inside the sandbox worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+from megatron_tulu.rewards.math_extract import Candidate, extract_candidates
+from megatron_tulu.rewards.math_normalize import hendrycks_normalize
+from megatron_tulu.rewards.registry import InvalidGroundTruthError, register_verifier
+from megatron_tulu.rewards.types import VerifierResult
+
+# math-verify logs every internal timeout/failed parse as a warning; with hostile model output
+# that is noise, and the verdict is reported in the result details anyway.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+INNER_TIMEOUT_S = 2  # math-verify's per-parse / per-comparison limit (whole seconds, signal-based)
+RAW_TAIL_CHARS = 4000  # the raw-text path only looks at the end of the response, where answers are
+_DETAIL_CHARS = 200
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+
+
+def _inner_timeout() -> int | None:
+    return INNER_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += (char == "{") - (char == "}")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _parse_latex(text: str) -> list[Any]:
+    from math_verify import LatexExtractionConfig, parse
+
+    return parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=_inner_timeout())
+
+
+def _parse_answer(answer: str) -> list[Any]:
+    """Parse an already-extracted answer (gold or candidate) as LaTeX."""
+    if "\\boxed" in answer or "$" in answer:
+        return _parse_latex(answer)
+    if _balanced(answer):
+        return _parse_latex("\\boxed{" + answer + "}")
+    return _parse_latex("$" + answer + "$")
+
+
+def _parse_raw(response: str) -> list[Any]:
+    tail = response[-RAW_TAIL_CHARS:]
+    parsed = _parse_latex(tail)
+    if parsed:
+        return parsed
+    numbers = _PLAIN_NUMBER.findall(tail)
+    return _parse_latex("$" + numbers[-1] + "$") if numbers else []
+
+
+def _without_undefined(values: list[Any]) -> list[Any]:
+    import sympy
+
+    kept = []
+    for value in values:
+        if isinstance(value, sympy.Basic) and value.has(sympy.zoo, sympy.nan):
+            continue
+        kept.append(value)
+    return kept
+
+
+def _math_verify_equal(gold: list[Any], candidate: Candidate, response: str) -> bool:
+    from math_verify import verify
+
+    if not gold:
+        return False
+    if candidate.source == "raw":
+        if "\\boxed" in response or "\\fbox" in response:
+            # A box was opened but never closed: the final answer is malformed. Do not fish a
+            # number out of the surrounding text (the reference also scores this False).
+            return False
+        predicted = _parse_raw(response)
+    else:
+        predicted = _parse_answer(candidate.answer)
+    predicted = _without_undefined(predicted)
+    if not predicted:
+        return False
+    return bool(verify(gold, predicted, timeout_seconds=_inner_timeout()))
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "..."
+
+
+def validate_math_ground_truth(ground_truth: Any) -> None:
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, (str, int, float)):
+        raise InvalidGroundTruthError(
+            f"math ground truth must be a string or number, got {type(ground_truth).__name__}"
+        )
+    if not str(ground_truth).strip():
+        raise InvalidGroundTruthError("math ground truth is empty")
+
+
+def warm_up_math() -> None:
+    """Import sympy/antlr and build the LaTeX parser once, before workers fork."""
+    _parse_answer("\\frac{1}{2}")
+
+
+@register_verifier(
+    "math", aliases=("math_flex", "hendrycks_math"), validate=validate_math_ground_truth, warm_up=warm_up_math
+)
+def verify_math(response: str, ground_truth: Any, prompt: str = "") -> VerifierResult:
+    gold_text = str(ground_truth).strip()
+    gold = _without_undefined(_parse_answer(gold_text))
+    gold_normalized = hendrycks_normalize(gold_text)
+    candidates = extract_candidates(response)
+    details: dict[str, Any] = {
+        "gold": _short(gold_text),
+        "candidates": [{"source": c.source, "answer": _short(c.answer)} for c in candidates],
+        "matched": None,
+    }
+    for candidate in candidates:
+        if _math_verify_equal(gold, candidate, response):
+            details["matched"] = {"source": candidate.source, "by": "math_verify"}
+            return VerifierResult(1.0, details)
+        if gold_normalized and hendrycks_normalize(candidate.answer) == gold_normalized:
+            details["matched"] = {"source": candidate.source, "by": "string"}
+            return VerifierResult(1.0, details)
+    return VerifierResult(0.0, details)
