@@ -23,7 +23,10 @@ INVALID_ANSWER = "[invalidanswer]"
 @dataclass(frozen=True)
 class Candidate:
     source: str  # "boxed" | "minerva" | "dollars" | "raw"
-    answer: str
+    answer: str  # as the reference compares it (Minerva-normalised except for boxed answers)
+    # What math-verify parses: the extracted text before Minerva normalisation, which mangles
+    # valid LaTeX ("\left(" loses its "ft" as a unit). Empty for "raw" (the response is used).
+    latex: str = ""
 
 
 def _closing_brace(text: str, open_at: int) -> int | None:
@@ -100,16 +103,16 @@ def extract_candidates(response: str) -> list[Candidate]:
     candidates: list[Candidate] = []
     boxed = last_boxed_answer(response)
     if boxed is not None:
-        candidates.append(Candidate("boxed", boxed))
+        candidates.append(Candidate("boxed", boxed, boxed))
     minerva = minerva_answer(response)
     if minerva is not None:
         normalized = minerva_normalize(minerva)
         if normalized and normalized != INVALID_ANSWER:
-            candidates.append(Candidate("minerva", normalized))
+            candidates.append(Candidate("minerva", normalized, minerva))
     if not candidates:
         span = last_dollar_span(response)
         if span is not None:
-            candidates.append(Candidate("dollars", minerva_normalize(span)))
+            candidates.append(Candidate("dollars", minerva_normalize(span), "$" + span + "$"))
     if not candidates:
         # math-verify looks at the raw text itself; the string check uses it normalised (reference).
         candidates.append(Candidate("raw", minerva_normalize(response)))

@@ -97,7 +97,7 @@ def _math_verify_equal(gold: list[Any], candidate: Candidate, response: str) -> 
             return False
         predicted = _parse_raw(response)
     else:
-        predicted = _parse_answer(candidate.answer)
+        predicted = _parse_answer(candidate.latex)
     predicted = _without_undefined(predicted)
     if not predicted:
         return False

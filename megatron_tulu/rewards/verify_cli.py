@@ -1,0 +1,222 @@
+"""`megatron-tulu verify`: score a JSONL of generations with the verifiable rewards.
+
+Input rows: `{"prompt": str, "response": str, "ground_truth": ..., "dataset": str,
+"finish_reason": str | null (optional)}`. Output: the same rows, in order, plus `reward`, `score`,
+`stopped_at_eos` and `verification` (the verifier's details). Prints accuracy per dataset.
+
+Every row is validated before any scoring starts, so a malformed file fails fast with its file and
+line number (or, with --skip-bad, the bad rows are counted, listed and left out). The output is
+written to a temporary file next to the destination and renamed into place, so an interrupted run
+never leaves a partial file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from megatron_tulu.rewards.assembly import (
+    DEFAULT_ALPHA,
+    DEFAULT_NO_EOS_PENALTY,
+    DEFAULT_TIME_LIMIT_S,
+    compute_rewards,
+)
+from megatron_tulu.rewards.registry import InvalidGroundTruthError, UnknownDatasetError, get_verifier
+from megatron_tulu.rewards.types import RewardResult
+
+_STRING_FIELDS = ("prompt", "response", "dataset")
+
+
+class MalformedRowError(ValueError):
+    """A row that cannot be scored; the message names the file and line."""
+
+
+@dataclass
+class LoadedRows:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+
+
+def _check_row(row: Any) -> None:
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    for name in _STRING_FIELDS:
+        if name not in row:
+            raise ValueError(f"missing field {name!r}")
+        if not isinstance(row[name], str):
+            raise ValueError(f"field {name!r} must be a string, got {type(row[name]).__name__}")
+    if row.get("ground_truth") is None:
+        raise ValueError("missing field 'ground_truth'")
+    finish_reason = row.get("finish_reason")
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise ValueError(
+            f"field 'finish_reason' must be a string or null, got {type(finish_reason).__name__}"
+        )
+    verifier = get_verifier(row["dataset"])  # UnknownDatasetError names the registered ones
+    if verifier.validate is not None:
+        verifier.validate(row["ground_truth"])
+
+
+def load_rows(path: str, skip_bad: bool) -> LoadedRows:
+    """Read and validate every row; raise MalformedRowError on the first bad one unless `skip_bad`."""
+    loaded = LoadedRows()
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                _check_row(row)
+            except (ValueError, UnknownDatasetError, InvalidGroundTruthError) as exc:
+                reason = f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                if not skip_bad:
+                    raise MalformedRowError(f"{path}:{line_number}: {reason}") from None
+                loaded.skipped.append((line_number, reason))
+                continue
+            loaded.rows.append(row)
+    return loaded
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_jsonl_atomically(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600
+        os.replace(temp_path, path)
+    except BaseException:
+        try:
+            os.unlink(temp_path)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def summarize(results: Sequence[RewardResult]) -> list[dict[str, Any]]:
+    """Per-dataset accuracy table rows (plus an "all" row)."""
+    groups: dict[str, list[RewardResult]] = defaultdict(list)
+    for result in results:
+        groups[result.dataset].append(result)
+    if len(groups) > 1:
+        groups["all"] = list(results)
+    table = []
+    for name, group in groups.items():
+        n = len(group)
+        table.append(
+            {
+                "dataset": name,
+                "n": n,
+                "accuracy": sum(r.score for r in group) / n,
+                "fully_correct": sum(r.score >= 1.0 for r in group) / n,
+                "no_eos": sum(not r.stopped_at_eos for r in group),
+                "errors": sum("error" in r.details for r in group),
+                "mean_reward": sum(r.reward for r in group) / n,
+            }
+        )
+    return table
+
+
+def format_table(table: Sequence[dict[str, Any]]) -> str:
+    header = (
+        f"{'dataset':<10} {'n':>7} {'accuracy':>9} {'all-pass':>9} {'no-eos':>7} {'errors':>7} {'reward':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in table:
+        lines.append(
+            f"{row['dataset']:<10} {row['n']:>7} {row['accuracy']:>9.4f} {row['fully_correct']:>9.4f} "
+            f"{row['no_eos']:>7} {row['errors']:>7} {row['mean_reward']:>8.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="megatron-tulu verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="JSONL of generations")
+    parser.add_argument("--output", required=True, help="scored JSONL to write")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--skip-bad", action="store_true", help="skip (and report) malformed rows")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="reward for a correct answer")
+    parser.add_argument("--no-eos-penalty", type=float, default=DEFAULT_NO_EOS_PENALTY)
+    parser.add_argument("--ifeval-mode", choices=("strict", "loose"), default="strict")
+    parser.add_argument("--ifeval-reward", choices=("fraction", "all"), default="fraction")
+    parser.add_argument(
+        "--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, help="hard limit per item, seconds"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = _parse_args(argv)
+    try:
+        loaded = load_rows(args.input, args.skip_bad)
+    except MalformedRowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot read {args.input}: {exc}", file=sys.stderr)
+        return 2
+    if loaded.skipped:
+        lines = ", ".join(str(number) for number, _ in loaded.skipped)
+        print(f"skipped {len(loaded.skipped)} malformed row(s) at line(s): {lines}", file=sys.stderr)
+        for number, reason in loaded.skipped:
+            print(f"  {args.input}:{number}: {reason}", file=sys.stderr)
+
+    from tqdm import tqdm
+
+    progress = tqdm(total=len(loaded.rows), desc="verify", unit="row", disable=None)
+    progress_lock = threading.Lock()
+
+    def on_done(_: int) -> None:
+        with progress_lock:
+            progress.update(1)
+
+    try:
+        results = compute_rewards(
+            loaded.rows,
+            alpha=args.alpha,
+            no_eos_penalty=args.no_eos_penalty,
+            workers=args.workers,
+            time_limit=args.time_limit if args.time_limit > 0 else None,
+            verifier_options={"ifeval": {"mode": args.ifeval_mode, "reward": args.ifeval_reward}},
+            on_done=on_done,
+        )
+    finally:
+        progress.close()
+
+    scored = [
+        {
+            **row,
+            "reward": result.reward,
+            "score": result.score,
+            "stopped_at_eos": result.stopped_at_eos,
+            "verification": result.details,
+        }
+        for row, result in zip(loaded.rows, results)
+    ]
+    write_jsonl_atomically(args.output, scored)
+    if results:
+        print(format_table(summarize(results)))
+    print(
+        f"wrote {len(scored)} scored row(s) to {args.output}"
+        + (f"; skipped {len(loaded.skipped)}" if loaded.skipped else "")
+    )
+    return 0
