@@ -7,6 +7,11 @@ raw text). A candidate is correct if either
   replaces the reference's hand-rolled `sympy.simplify(a - b) == 0`), or
 * the Hendrycks-normalised strings are equal (the reference's `hendrycks_is_equiv`).
 
+math-verify sees each candidate *before* Minerva normalisation (which mangles valid LaTeX, e.g.
+`\\left(` loses "ft" as a unit); the string check uses the normalised form as the reference does.
+Where the response boxes several answers, the last box counts (Tülu), whereas math-verify alone
+would merge all boxes into a set.
+
 Safety: only math-verify's LaTeX extraction is used. Its plain-expression extraction goes through
 `sympy.parse_expr`, which calls `eval`, so it is never enabled; for the raw-text path a plain
 trailing number is wrapped as LaTeX instead. Predictions that evaluate to `zoo`/`nan` (e.g.

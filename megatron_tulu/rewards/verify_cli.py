@@ -4,7 +4,8 @@ Input rows: `{"prompt": str, "response": str, "ground_truth": ..., "dataset": st
 "finish_reason": str | null (optional)}`. Output: the same rows, in order, plus `reward`, `score`,
 `stopped_at_eos` and `verification` (the verifier's details). Prints accuracy per dataset.
 
-Every row is validated before any scoring starts, so a malformed file fails fast with its file and
+Rows are held in memory (generation files are small next to RAM). Every row is validated before
+any scoring starts, so a malformed file fails fast with its file and
 line number (or, with --skip-bad, the bad rows are counted, listed and left out). The output is
 written to a temporary file next to the destination and renamed into place, so an interrupted run
 never leaves a partial file behind.
