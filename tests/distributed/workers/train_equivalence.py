@@ -16,9 +16,9 @@ from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
 from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
 from megatron_tulu.losses.lm import masked_token_loss
 from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
+from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights, model_config_from_hf
 
 VOCAB = 0  # set in main()
-from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights, model_config_from_hf
 
 
 def make_global_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
