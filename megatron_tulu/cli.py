@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("megatron_tulu.engine.generate_cli:main", "greedy/sampled generation on the Megatron model"),
     "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
     "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
+    "plan-refit": ("megatron_tulu.rollout.bridge.plan_cli:main", "print the learner->vLLM weight refit plan and its cost"),
 }
 
 

@@ -1,0 +1,41 @@
+"""Weight-resharding bridge: Megatron learner shards (TP x PP x DP) -> tensor-parallel vLLM engines.
+
+- :mod:`.layouts`: learner / engine layouts, Megatron's rank order, where each HF tensor element
+  lives on the learner and which HF box each vLLM rank's weight loader reads (pure).
+- :mod:`.planner`: :func:`plan_refit` -> :class:`RefitPlan` (one sender per slice, each vLLM rank
+  receives exactly its shard), its byte / message / time summaries and the naive full-tensor
+  broadcast baseline (pure).
+- :mod:`.plan_cli`: ``megatron-tulu plan-refit``.
+
+Names are re-exported lazily so importing the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "EngineLayout": "layouts",
+    "LearnerLayout": "layouts",
+    "MegatronParam": "layouts",
+    "PlanError": "layouts",
+    "fused_group": "layouts",
+    "hf_tensor_names": "layouts",
+    "learner_coords": "layouts",
+    "learner_global_rank": "layouts",
+    "learner_pieces": "layouts",
+    "vllm_region": "layouts",
+    "NaiveSummary": "planner",
+    "RefitPlan": "planner",
+    "Transfer": "planner",
+    "naive_broadcast_summary": "planner",
+    "plan_refit": "planner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,183 @@
+"""`megatron-tulu plan-refit`: print the learner -> vLLM weight refit plan and its cost.
+
+Pure arithmetic (no GPUs, no processes): runs on a laptop for any model preset, e.g.::
+
+    megatron-tulu plan-refit model=llama3.1_405b parallel=405b_learner --learner-gpus 240 --engine-tp 16
+
+Hydra overrides (``model=...``, ``parallel.tp=...``, ``parallel.pp=...``) pick the model and the
+learner's TP / PP; DP comes from ``--learner-gpus`` (or ``--learner-nodes`` x ``--gpus-per-node``,
+or ``parallel.dp`` when set, else 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from megatron_tulu.rollout.bridge.layouts import DTYPE_BYTES, EngineLayout, LearnerLayout, PlanError
+from megatron_tulu.rollout.bridge.planner import naive_broadcast_summary, plan_refit
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="megatron-tulu plan-refit",
+        description="Print the shard-exact learner -> vLLM refit plan next to a naive full-tensor broadcast.",
+        epilog="Other arguments are Hydra overrides, e.g. model=llama3.1_405b parallel.tp=8 parallel.pp=6",
+    )
+    p.add_argument("--engine-tp", type=int, default=16, help="vLLM tensor-parallel size N (default 16)")
+    p.add_argument("--num-engines", type=int, default=1)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--learner-gpus", type=int, default=None, help="learner GPUs (DP = gpus / (TP*PP))")
+    g.add_argument("--learner-nodes", type=int, default=None, help="learner nodes (x --gpus-per-node)")
+    p.add_argument("--ib-gbps", type=float, default=400.0, help="inter-node bandwidth per GPU, Gbit/s")
+    p.add_argument("--nvlink-gbps", type=float, default=3600.0, help="intra-node bandwidth per GPU, Gbit/s")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16", help="dtype on the wire")
+    p.add_argument(
+        "--transformer-impl",
+        choices=["local", "transformer_engine"],
+        default="local",
+        help="Megatron layer spec (only changes the norm parameter names)",
+    )
+    p.add_argument("--json", default=None, help="also write the summaries to this JSON file")
+    p.add_argument("--verbose-links", action="store_true", help="print every (sender, receiver) link")
+    return p
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:,.3f}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+        )
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def main(argv: list[str]) -> int:
+    args, rest = _parser().parse_known_args(argv)
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        print(f"plan-refit: unknown options {unknown}", file=sys.stderr)
+        return 2
+    from megatron_tulu.config.load import load_config
+
+    cfg = load_config(rest)
+    tp, pp = cfg.parallel.tp, cfg.parallel.pp
+    if args.learner_nodes is not None:
+        gpus = args.learner_nodes * args.gpus_per_node
+    elif args.learner_gpus is not None:
+        gpus = args.learner_gpus
+    else:
+        gpus = tp * pp * (cfg.parallel.dp if cfg.parallel.dp > 0 else 1)
+    if gpus % (tp * pp):
+        print(
+            f"plan-refit: {gpus} learner GPUs are not a multiple of TP{tp} x PP{pp} = {tp * pp}",
+            file=sys.stderr,
+        )
+        return 2
+    if cfg.parallel.cp != 1 or cfg.parallel.ep != 1 or cfg.parallel.vpp:
+        print("plan-refit: the planner covers cp=1, ep=1 and no virtual pipeline", file=sys.stderr)
+        return 2
+    dp = gpus // (tp * pp)
+    learner = LearnerLayout(tp, pp, dp, cfg.model, DTYPE_BYTES[args.dtype], args.transformer_impl)
+    engine = EngineLayout(args.engine_tp, args.num_engines)
+    try:
+        plan = plan_refit(learner, engine)
+        naive = naive_broadcast_summary(learner, engine)
+    except PlanError as exc:
+        print(f"plan-refit: {exc}", file=sys.stderr)
+        return 2
+    bw = dict(
+        intra_node_gbps=args.nvlink_gbps, inter_node_gbps=args.ib_gbps, gpus_per_node=args.gpus_per_node
+    )
+    ours, base = plan.summary(**bw), naive.summary(**bw)
+
+    m = cfg.model
+    print(
+        f"model {m.name}: {m.num_layers} layers, hidden {m.hidden_size}, heads {m.num_attention_heads}, "
+        f"KV groups {m.num_query_groups}, vocab {m.vocab_size}, tied={m.tie_word_embeddings}, {args.dtype}"
+    )
+    print(
+        f"learner TP{tp} x PP{pp} x DP{dp} = {learner.world_size} GPUs ({m.num_layers // pp} layers per stage, "
+        f"Megatron padded vocab {learner.vocab_padded}) -> {engine.num_engines} vLLM engine(s) x TP{engine.tp}"
+    )
+    print(
+        f"links: IB {args.ib_gbps:g} Gb/s per GPU between nodes, NVLink {args.nvlink_gbps:g} Gb/s inside a node, "
+        f"{args.gpus_per_node} GPUs/node; engines placed on the nodes after the learner's\n"
+    )
+    rows = []
+    for label, key in (
+        ("bytes per receiver (GB)", "bytes_per_receiver"),
+        ("bytes per sender (GB)", "bytes_per_sender"),
+    ):
+        for s in ("min", "mean", "max"):
+            rows.append([f"{label} {s}", _gb(ours[key][s]), _gb(base[key][s])])
+    rows += [
+        ["received / shard", f"{ours['receive_ratio']['max']:.2f}", f"{base['receive_ratio']['max']:.2f}"],
+        [
+            "senders used",
+            f"{ours['senders']}/{learner.world_size}",
+            f"{base['senders']}/{learner.world_size}",
+        ],
+        [
+            "messages per receiver (max)",
+            f"{ours['messages_per_receiver']['max']}",
+            f"{base['messages_per_receiver']['max']}",
+        ],
+        ["messages per sender (max)", f"{ours['messages_per_sender']['max']}", "-"],
+        ["total bytes on the wire (GB)", _gb(ours["total_bytes"]), _gb(base["bytes_per_receiver"]["total"])],
+        ["predicted seconds", f"{ours['predicted_seconds']:.3f}", f"{base['predicted_seconds']:.3f}"],
+    ]
+    print(_table(rows, ["", "shard-exact (ours)", "naive broadcast"]))
+    print(
+        f"\nours: {ours['transfers']} transfers over {ours['links']} (sender, receiver) links, "
+        f"link bytes min/mean/max {_gb(ours['bytes_per_link']['min'])}/{_gb(ours['bytes_per_link']['mean'])}/"
+        f"{_gb(ours['bytes_per_link']['max'])} GB; speed-up {base['predicted_seconds'] / max(ours['predicted_seconds'], 1e-12):.1f}x"
+    )
+    rec = plan.bytes_per_receiver()
+    print(
+        "\n"
+        + _table(
+            [
+                [f"engine {e} rank {n}", _gb(b), str(plan.messages_per_receiver()[(e, n)])]
+                for (e, n), b in rec.items()
+            ],
+            ["receiver", "GB", "messages"],
+        )
+    )
+    if args.verbose_links:
+        print(
+            "\n"
+            + _table(
+                [
+                    [str(src), f"e{e}r{n}", _gb(b)]
+                    for (src, (e, n)), b in sorted(plan.bytes_per_link().items())
+                ],
+                ["sender", "receiver", "GB"],
+            )
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "learner": {"tp": tp, "pp": pp, "dp": dp, "model": m.name, "dtype": args.dtype},
+                    "engine": {"tp": engine.tp, "num_engines": engine.num_engines},
+                    "bandwidth": bw,
+                    "ours": ours,
+                    "naive_broadcast": base,
+                },
+                f,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
