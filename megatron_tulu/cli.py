@@ -17,9 +17,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "convert": ("megatron_tulu.models.convert_cli:main", "HF Llama <-> Megatron distributed checkpoint"),
     "generate": ("megatron_tulu.engine.generate_cli:main", "greedy/sampled generation on the Megatron model"),
+    "sft": ("megatron_tulu.algorithms.sft:main", "supervised fine-tuning (Tülu 3 sum loss, packing)"),
     "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
     "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
-    "plan-refit": ("megatron_tulu.rollout.bridge.plan_cli:main", "print the learner->vLLM weight refit plan and its cost"),
+    "plan-refit": (
+        "megatron_tulu.rollout.bridge.plan_cli:main",
+        "print the learner->vLLM weight refit plan and its cost",
+    ),
 }
 
 

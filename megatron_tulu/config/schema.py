@@ -107,3 +107,39 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class DataConfig:
+    """Training data: JSONL files or HF datasets saved on disk. None: the shipped embedded set."""
+
+    train_files: list[str] | None = None
+    max_seq_len: int = 4096
+    packing: bool = True
+    skip_bad: bool = False
+    truncate: str = "right"  # right | drop
+    cache_dir: str | None = None
+    tokenizer: str | None = None  # tokenizer dir; default: the model's hf_path, else the embedded one
+
+
+@dataclass
+class LoggingConfig:
+    jsonl: bool = True
+    tensorboard: bool = True
+    progress_bar: bool = True
+    # Peak dense TFLOP/s per device for the MFU estimate (H100 bf16 ~989). 0 disables MFU.
+    peak_tflops: float = 989.0
+
+
+@dataclass
+class SFTOptions:
+    loss_reduction: str = "sum"  # sum (Tülu 3: sum over tokens / sequences in the batch) | mean (token mean)
+    epochs: int = 2
+    export_hf: bool = True
+
+
+@dataclass
+class SFTRunConfig(RunConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sft: SFTOptions = field(default_factory=SFTOptions)

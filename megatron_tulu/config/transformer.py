@@ -33,7 +33,6 @@ def to_transformer_config(
             f"precision.params_dtype must be one of {sorted(DTYPES)}, got {precision.params_dtype!r}"
         )
     dtype = DTYPES[precision.params_dtype]
-    fused = on_cuda  # fused kernels (apex/TE/triton) exist only on GPU
     kwargs: dict[str, Any] = dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -64,7 +63,8 @@ def to_transformer_config(
         calculate_per_token_loss=True,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        masked_softmax_fusion=fused,
+        # Megatron's fused softmax needs a separately built CUDA extension; TE's spec has its own.
+        masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,

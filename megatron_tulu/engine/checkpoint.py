@@ -32,6 +32,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.optimizer.optimizer import MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_tulu.engine.faults import crash_point
 from megatron_tulu.engine.model import unwrap
 
 LATEST = "latest"
@@ -95,19 +96,6 @@ def _full_state_dict(
     return state
 
 
-def _crash_like_a_killed_job() -> None:
-    """Fault injection for tests: die after the shards are written, before the commit.
-
-    Kills this rank's helper processes too (dist_checkpointing spawns writer workers), as the
-    scheduler would when it kills a job step.
-    """
-    import psutil
-
-    for child in psutil.Process().children(recursive=True):
-        child.kill()
-    os._exit(17)
-
-
 def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}"
 
@@ -138,8 +126,7 @@ def save_checkpoint(
     extra = dict(extra or {}, step=step)
     state = _full_state_dict(model_chunks, optimizer, scheduler, extra, is_loading=False, with_rng=True)
     dist_checkpointing.save(state, str(partial))
-    if os.environ.get("MEGATRON_TULU_FAULT") == "crash_before_commit":
-        _crash_like_a_killed_job()
+    crash_point("crash_before_commit")
     _barrier()
     if _rank() == 0:
         meta = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from megatron_tulu.cli_args import parse_flags_and_overrides, run_config
 from megatron_tulu.config.schema import ModelConfig
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
         model_cfg = ModelConfig(**meta["model"])
     tokenizer = None
     tok_dir = args.tokenizer or args.hf or model_cfg.hf_path
-    if tok_dir:
+    if tok_dir and (Path(tok_dir) / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
@@ -54,13 +55,12 @@ def main(argv: list[str]) -> int:
     else:
         if tokenizer is None:
             parser.error("--prompt needs a tokenizer (--tokenizer or --hf)")
+        text = args.prompt
         if args.chat:
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": args.prompt}], add_generation_prompt=True, tokenize=True
-            )
-            ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
-        else:
-            ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+            from megatron_tulu.data.chat_template import render_tulu
+
+            text = render_tulu([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
 
     cfg = run_config(overrides)
     info = init_parallel(model_cfg, cfg.parallel, seed=cfg.train.seed)
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
         out = {"prompt_ids": ids, "new_token_ids": new}
         if tokenizer is not None:
             out["text"] = tokenizer.decode(new)
-        print(json.dumps(out))
+        print(json.dumps(out), flush=True)
     destroy_parallel()
     return 0
 

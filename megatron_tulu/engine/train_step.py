@@ -57,10 +57,12 @@ def reduce_metrics(per_microbatch: list[dict[str, torch.Tensor]]) -> dict[str, f
     keys = names[0]
     if not keys:
         return {}
-    stacked = torch.zeros(len(keys), 2, dtype=torch.float64)
+    # NCCL reduces only device tensors
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    stacked = torch.zeros(len(keys), 2, dtype=torch.float64, device=device)
     for md in per_microbatch:
         for i, k in enumerate(keys):
-            v = md[k].detach().double().cpu().reshape(-1)
+            v = md[k].detach().double().to(stacked.device).reshape(-1)
             stacked[i, 0] += v[0]
             stacked[i, 1] += v[1] if v.numel() > 1 else 1.0
     dist.all_reduce(stacked, group=parallel_state.get_data_parallel_group())
@@ -113,12 +115,13 @@ def train_step(
         seq_length=seq_length,
         micro_batch_size=micro_batch_size,
     )
+    lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses (the scheduler moves it after)
     ok, grad_norm, _ = optimizer.step()
     if scheduler is not None and ok:
         scheduler.step(increment=1)
     return StepResult(
         metrics=reduce_metrics(per_mb),
         grad_norm=None if grad_norm is None else float(grad_norm),
-        lr=float(optimizer.param_groups[0]["lr"]),
+        lr=lr,
         skipped=not ok,
     )

@@ -30,16 +30,17 @@ def make_global_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tenso
 
 
 def forward_step(data_iterator, model):
-    batch = next(data_iterator)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in next(data_iterator).items()}
     b, s = batch["tokens"].shape
-    position_ids = torch.arange(s).unsqueeze(0).expand(b, -1)
+    position_ids = torch.arange(s, device=device).unsqueeze(0).expand(b, -1)
     logits = model(input_ids=batch["tokens"], position_ids=position_ids, attention_mask=None)
 
     def loss_func(output):
         per_token = -vocab_parallel_log_probs(output, batch["labels"], VOCAB)
         loss_sum, tokens = masked_token_loss(per_token, batch["loss_mask"])
         # SFT sum loss: normalise by the number of sequences in the global batch
-        sequences = torch.tensor(b, dtype=torch.int)
+        sequences = torch.tensor(b, dtype=torch.int, device=device)
         return loss_sum, sequences, {"loss_per_seq": torch.stack([loss_sum.detach(), sequences.float()])}
 
     return logits, loss_func
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--global-batch", type=int, default=8)
     p.add_argument("--clip-grad", type=float, default=1.0)
+    p.add_argument("--bf16", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -61,7 +63,7 @@ def main() -> None:
     VOCAB = cfg.vocab_size
     parallel = ParallelConfig(tp=args.tp, pp=args.pp)
     info = init_parallel(cfg, parallel, seed=1)
-    precision = PrecisionConfig()
+    precision = PrecisionConfig(params_dtype="bf16" if args.bf16 else "fp32")
     chunks = build_model(cfg, parallel, precision)
     load_hf_weights(chunks, cfg, args.hf)
     # adam_eps well above fp32 round-off: Adam's first step is ~lr*sign(g), which would amplify

@@ -1,0 +1,282 @@
+"""Supervised fine-tuning (Tülu 3 §4) on Megatron-Core.
+
+The visible order of a run: init parallel -> tokenizer + data -> model (+HF weights) -> optimizer
+and scheduler -> resume -> loop(train_step, log, checkpoint) -> final checkpoint + HF export.
+
+Loss: Tülu 3's *sum* loss by default — the summed token NLL of the global batch divided by the
+number of sequences in it (what open-instruct's ``--reduce_loss sum`` amounts to with micro-batch
+1), or token-mean. Either way the denominator is global (see engine/train_step.py), so the
+gradient does not depend on micro-batching, gradient accumulation, DP size or padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from megatron.core.packed_seq_params import PackedSeqParams
+
+from megatron_tulu.algorithms.loop import (
+    BatchOrder,
+    MetricsLogger,
+    Throughput,
+    barrier,
+    check_batch_geometry,
+    ensure_model_source,
+    is_rank0,
+    save_config,
+    split_for_rank,
+)
+from megatron_tulu.config.load import load_config
+from megatron_tulu.config.schema import SFTRunConfig
+from megatron_tulu.data.packing import block_causal_mask, collate_rows, pack_examples, pad_batch
+from megatron_tulu.data.sft import load_sft_examples
+from megatron_tulu.data.tokenizer import load_tokenizer
+from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from megatron_tulu.engine.faults import crash_point
+from megatron_tulu.engine.model import build_model, select_layer_spec
+from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
+from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
+from megatron_tulu.losses.lm import masked_token_loss
+from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
+from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
+
+EMBEDDED_SFT = Path(__file__).resolve().parents[1] / "assets" / "data" / "sft.jsonl"
+
+
+def sequences_with_labels(document_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Number of (row, document) pairs that carry at least one trained target."""
+    trained = loss_mask > 0
+    pairs = torch.stack(
+        [
+            torch.arange(document_ids.shape[0], device=document_ids.device)
+            .unsqueeze(1)
+            .expand_as(document_ids)[trained],
+            document_ids[trained],
+        ]
+    )
+    return torch.tensor(pairs.unique(dim=1).shape[1] if pairs.numel() else 0, dtype=torch.int)
+
+
+def sft_loss(
+    logits: torch.Tensor, batch: dict[str, Any], vocab_size: int, reduction: str
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(numerator, global-batch denominator part, metrics) for Megatron's per-token contract."""
+    logp = vocab_parallel_log_probs(logits, batch["labels"].clamp(min=0), vocab_size)
+    loss_sum, tokens = masked_token_loss(-logp, batch["loss_mask"])
+    sequences = sequences_with_labels(batch["document_ids"], batch["loss_mask"]).to(tokens.device)
+    denominator = sequences if reduction == "sum" else tokens
+    metrics = {
+        "loss_per_token": torch.stack([loss_sum.detach(), tokens.float()]),
+        "loss_per_sequence": torch.stack([loss_sum.detach(), sequences.float()]),
+    }
+    return loss_sum, denominator, metrics
+
+
+def model_inputs(batch: dict[str, Any], packing: bool, use_thd: bool) -> dict[str, Any]:
+    """GPTModel kwargs. Packed rows never attend across documents: THD cu_seqlens with Transformer
+    Engine, an exact block-causal dense mask on the local (CPU) attention."""
+    if packing and use_thd:
+        b, s = batch["tokens"].shape
+        cu = batch["cu_seqlens"].to(batch["tokens"].device)
+        return {
+            "input_ids": batch["tokens"].reshape(1, b * s),
+            "position_ids": batch["position_ids"].reshape(1, b * s),
+            "attention_mask": None,
+            "packed_seq_params": PackedSeqParams(
+                qkv_format="thd",
+                cu_seqlens_q=cu,
+                cu_seqlens_kv=cu,
+                max_seqlen_q=batch["max_seqlen"],
+                max_seqlen_kv=batch["max_seqlen"],
+            ),
+        }
+    mask = block_causal_mask(batch["document_ids"]) if packing else None
+    return {"input_ids": batch["tokens"], "position_ids": batch["position_ids"], "attention_mask": mask}
+
+
+def make_forward_step(vocab_size: int, reduction: str, packing: bool, use_thd: bool) -> Callable:
+    def forward_step(data_iterator: Iterator[dict[str, Any]], model: torch.nn.Module):
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(data_iterator).items()}
+        logits = model(**model_inputs(batch, packing, use_thd))
+        if use_thd and packing:
+            logits = logits.reshape(*batch["tokens"].shape, -1)
+
+        def loss_func(output: torch.Tensor):
+            return sft_loss(output, batch, vocab_size, reduction)
+
+        return logits, loss_func
+
+    return forward_step
+
+
+def build_rows(cfg: SFTRunConfig, tokenizer) -> tuple[Any, dict[str, Any]]:
+    """Tokenised (and packed) rows. Rank 0 tokenises first so the others hit the datasets cache."""
+    files = cfg.data.train_files or [str(EMBEDDED_SFT)]
+    load = lambda: load_sft_examples(  # noqa: E731
+        files,
+        tokenizer,
+        max_seq_len=min(cfg.data.max_seq_len, cfg.train.seq_length),
+        skip_bad=cfg.data.skip_bad,
+        truncate=cfg.data.truncate,
+        cache_dir=cfg.data.cache_dir,
+    )
+    if is_rank0():
+        examples, report = load()
+    barrier()
+    if not is_rank0():
+        examples, report = load()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    info = {"data_report": report.summary(), "examples": len(examples), "skipped": report.skipped.total}
+    if cfg.data.packing:
+        rows = pack_examples(examples, cfg.train.seq_length, pad_id=pad_id, seed=cfg.train.seed)
+        info["packing_efficiency"] = rows.efficiency
+    else:
+        rows = examples
+    info["rows"] = len(rows)
+    info["pad_id"] = pad_id
+    return rows, info
+
+
+def collate(rows: Any, idx: list[int], packing: bool, pad_id: int, fixed_len: int | None) -> dict[str, Any]:
+    if packing:
+        return collate_rows([rows[i] for i in idx])
+    return pad_batch([rows[i] for i in idx], pad_to=fixed_len, pad_id=pad_id)
+
+
+def train_sft(cfg: SFTRunConfig) -> dict[str, Any]:
+    out_dir = Path(cfg.train.output_dir)
+    hf_source = ensure_model_source(cfg) if cfg.model.hf_path or cfg.model.name == "tiny" else None
+    if hf_source:
+        cfg.model = dataclasses.replace(model_config_from_hf(hf_source), name=cfg.model.name)
+    info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
+    save_config(cfg, out_dir)
+    tokenizer = load_tokenizer(cfg.data.tokenizer or hf_source)
+    rows, data_info = build_rows(cfg, tokenizer)
+    num_mb = check_batch_geometry(cfg.train.global_batch_size, cfg.train.micro_batch_size, info.dp)
+    order = BatchOrder(len(rows), cfg.train.global_batch_size, cfg.train.seed)
+    total_steps = (
+        min(cfg.train.train_iters, order.steps_per_epoch * cfg.sft.epochs)
+        if cfg.train.train_iters > 0
+        else order.steps_per_epoch * cfg.sft.epochs
+    )
+
+    chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
+    if hf_source:
+        load_hf_weights(chunks, cfg.model, hf_source)
+    optimizer = build_optimizer(chunks, cfg.optimizer, cfg.parallel, cfg.precision)
+    scheduler = build_scheduler(optimizer, cfg.optimizer, total_steps)
+    prepare_model_for_training(chunks, optimizer)
+
+    ckpt_root = Path(cfg.checkpoint.save_dir or out_dir / "checkpoints")
+    start = 0
+    if cfg.checkpoint.resume and (latest := find_latest(cfg.checkpoint.load_dir or ckpt_root)) is not None:
+        start = int(load_checkpoint(latest, chunks, optimizer, scheduler)["step"])
+
+    _, impl = select_layer_spec(cfg.precision)
+    use_thd = impl == "transformer_engine"
+    forward_step = make_forward_step(cfg.model.vocab_size, cfg.sft.loss_reduction, cfg.data.packing, use_thd)
+    fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None  # p2p shapes must be static
+    logger = MetricsLogger(out_dir, cfg.logging, resume_step=start)
+    if is_rank0():
+        print(
+            f"[sft] {data_info['data_report']}; rows={data_info['rows']} "
+            f"packing_efficiency={data_info.get('packing_efficiency', 'n/a')} steps={total_steps} start={start}"
+        )
+    meter = Throughput(cfg.model, cfg.train.seq_length, info.world_size, cfg.logging.peak_tflops)
+    bar = None
+    if is_rank0() and cfg.logging.progress_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, desc="sft", dynamic_ncols=True)
+    meta = {"model": dataclasses.asdict(cfg.model), "algorithm": "sft"}
+    last = {}
+    for step in range(start, total_steps):
+        micro = [
+            collate(rows, idx, cfg.data.packing, data_info["pad_id"], fixed_len)
+            for idx in split_for_rank(order.rows(step), info.dp, info.dp_rank, cfg.train.micro_batch_size)
+        ]
+        seq_len = micro[0]["tokens"].shape[1]
+        result = train_step(
+            forward_step,
+            iter(micro),
+            chunks,
+            optimizer,
+            scheduler,
+            num_microbatches=num_mb,
+            seq_length=seq_len,
+            micro_batch_size=cfg.train.micro_batch_size,
+        )
+        non_pad = sum(int((b["document_ids"] >= 0).sum()) for b in micro) * info.dp
+        last = {
+            "loss": result.metrics[
+                "loss_per_sequence" if cfg.sft.loss_reduction == "sum" else "loss_per_token"
+            ],
+            "loss_per_token": result.metrics["loss_per_token"],
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "epoch": step // order.steps_per_epoch,
+            **meter.measure(non_pad),
+        }
+        logger.log(step + 1, last)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{result.lr:.2e}")
+        if (
+            cfg.checkpoint.save_interval
+            and (step + 1) % cfg.checkpoint.save_interval == 0
+            and step + 1 < total_steps
+        ):
+            save_checkpoint(
+                ckpt_root,
+                step + 1,
+                chunks,
+                optimizer,
+                scheduler,
+                keep_last=cfg.checkpoint.keep_last,
+                meta=meta,
+            )
+        crash_point("kill_after_step", step + 1)
+    if bar is not None:
+        bar.close()
+    logger.close()
+    final = save_checkpoint(
+        ckpt_root, total_steps, chunks, optimizer, scheduler, keep_last=cfg.checkpoint.keep_last, meta=meta
+    )
+    summary = {
+        "steps": total_steps,
+        "final_checkpoint": str(final),
+        **{k: v for k, v in data_info.items() if k != "pad_id"},
+    }
+    if cfg.sft.export_hf:
+        summary["hf_export"] = str(export_hf(chunks, cfg.model, out_dir / "hf", tokenizer_dir=hf_source))
+    summary["last_metrics"] = last
+    destroy_parallel()
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    """`megatron-tulu sft [hydra overrides]` (run under torchrun for several ranks)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            main.__doc__
+            + "\n\nExample: megatron-tulu sft preset=tulu3_8b model=llama3.1_8b model.hf_path=/ckpt/llama"
+        )
+        return 0
+    cfg = load_config(argv, config_name="sft", schema=SFTRunConfig)
+    summary = train_sft(cfg)
+    if is_rank0():
+        import json
+
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
