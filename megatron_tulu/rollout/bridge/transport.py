@@ -1,0 +1,489 @@
+"""Refit transport: execute a :class:`~megatron_tulu.rollout.bridge.planner.RefitPlan` over a
+dedicated process group joining the learner ranks and the vLLM worker ranks.
+
+Group ranks (the planner's placement, :func:`~.planner.engine_global_rank`): learner global rank
+``r`` is group rank ``r``; rank ``n`` of engine ``e`` is ``L + e*N + n`` (``L`` learner ranks,
+``N`` = engine TP). The group is created with vLLM's
+``stateless_init_torch_distributed_process_group`` (gloo on CPU, NCCL on GPU), so it never
+touches the learner's ``torch.distributed`` world or vLLM's own groups. Group rank 0 (learner
+rank 0) hosts the rendezvous store.
+
+Protocol (both sides derive everything from the plan, no metadata messages):
+
+1. **Buckets.** :func:`bucket_schedule` cuts ``plan.reload_groups()`` (in checkpoint order) into
+   consecutive runs whose full-size HF tensors add up to at most ``bucket_bytes`` (at least one
+   reload group per bucket, so the fused parts of a module, q/k/v and gate/up, always share a
+   bucket and a ``reload_weights`` pass).
+2. **Start.** Every member enters with a 1-element all-reduce (fails with a clear error if a
+   party is missing when ``timeout_s`` runs out).
+3. **Per bucket** ``b``: every learner rank packs, per receiver, the plan's slices of its local
+   Megatron tensors for that receiver in plan order into one flat buffer and posts one send per
+   receiver (all learner ranks and PP stages at once); every receiver posts one receive per
+   sender, unpacks each slice into transient full-size HF buffers (allocated uninitialised: a
+   vLLM rank's loader only reads its own region, so on CPU only those pages become resident) and
+   hands the bucket's tensors to its ``load_fn``. Peak extra memory on a receiver: one bucket of
+   full-size buffers plus the bytes it received for the bucket; on a sender: the bytes it sends
+   for the bucket (non-contiguous slices are packed).
+4. **Acks.** After the bucket's tensors were loaded, each receiver sends every sender of the
+   bucket a small float64 tensor ``[1, (sum, sum of squares) per transfer if checksums]``. The
+   sender waits for it with ``timeout_s``: a receiver that died (or hangs) mid-refit makes the
+   sender raise :class:`RefitError` naming the peer and the bucket instead of hanging. The last
+   bucket's ack is sent after ``load_fn`` returned (vLLM finished post-processing).
+
+After a :class:`RefitError` the group is in an undefined state (gloo/NCCL ops may have timed out
+half-way) and the engine's weights are partially updated: destroy the group, restart or re-join
+and refit again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+
+from megatron_tulu.config.schema import ModelConfig
+from megatron_tulu.rollout.bridge.layouts import (
+    Box,
+    EngineLayout,
+    LearnerLayout,
+    PlanError,
+    box_numel,
+    megatron_local_shape,
+    megatron_params,
+)
+from megatron_tulu.rollout.bridge.planner import RefitPlan, Transfer, engine_global_rank, plan_refit
+
+__all__ = [
+    "Bucket",
+    "RefitError",
+    "RefitSpec",
+    "bucket_schedule",
+    "destroy_refit_group",
+    "init_refit_group",
+    "local_tensors",
+    "plan_fingerprint",
+    "receive_refit",
+    "send_refit",
+]
+
+DEFAULT_BUCKET_BYTES = 256 * 2**20
+DEFAULT_TIMEOUT_S = 120.0
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+LoadFn = Callable[[Iterator[tuple[str, torch.Tensor]]], None]
+
+
+class RefitError(RuntimeError):
+    """A refit that could not complete (a peer died or timed out, a checksum mismatch)."""
+
+
+# ----------------------------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class RefitSpec:
+    """Everything a party needs to rebuild the same plan: plain data, JSON-able via ``to_dict``.
+
+    ``dtype`` is the wire dtype (the learner's parameter dtype, e.g. ``"bfloat16"``); vLLM's
+    loaders cast to the engine's dtype.
+    """
+
+    learner: LearnerLayout
+    engine: EngineLayout
+    dtype: str = "float32"
+
+    def plan(self) -> RefitPlan:
+        return _cached_plan(self)
+
+    def to_dict(self) -> dict:
+        learner = dataclasses.asdict(self.learner)
+        learner["model"] = dataclasses.asdict(self.learner.model)
+        engine = {k: v for k, v in dataclasses.asdict(self.engine).items() if k != "model"}
+        engine["model"] = dataclasses.asdict(self.engine.model) if self.engine.model is not None else None
+        return {"learner": learner, "engine": engine, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> RefitSpec:
+        learner = dict(d["learner"])
+        learner["model"] = ModelConfig(**learner["model"])
+        engine = dict(d["engine"])
+        engine["model"] = ModelConfig(**engine["model"]) if engine.get("model") else None
+        return cls(LearnerLayout(**learner), EngineLayout(**engine), d["dtype"])
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype not in _DTYPES:
+            raise PlanError(f"refit wire dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        return _DTYPES[self.dtype]
+
+
+_PLAN_CACHE: dict[str, RefitPlan] = {}
+
+
+def _cached_plan(spec: RefitSpec) -> RefitPlan:
+    key = repr(spec.to_dict())
+    if key not in _PLAN_CACHE:
+        _PLAN_CACHE.clear()  # one layout pair per process in practice; keep memory flat
+        _PLAN_CACHE[key] = plan_refit(spec.learner, spec.engine)
+    return _PLAN_CACHE[key]
+
+
+def plan_fingerprint(plan: RefitPlan) -> str:
+    """A short hash of the plan's transfers: both sides compare it before moving any bytes."""
+    h = hashlib.sha256()
+    for t in plan.transfers:
+        h.update(
+            repr((t.hf_name, t.src_rank, t.src_param.name, t.src_slice, t.receiver, t.dst_slice)).encode()
+        )
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------- buckets
+@dataclass
+class Bucket:
+    index: int
+    hf_names: list[str]
+    full_bytes: int  # bytes of the full-size HF tensors of the bucket (a receiver's buffers)
+    transfers: list[Transfer] = field(default_factory=list)
+
+
+def bucket_schedule(plan: RefitPlan, bucket_bytes: int, elem_size: int) -> list[Bucket]:
+    """Consecutive reload groups, at most ``bucket_bytes`` of full-size tensors per bucket (at
+    least one group each), with each bucket's transfers in plan order."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
+    buckets: list[Bucket] = []
+    current: list[str] = []
+    size = 0
+    for group in plan.reload_groups():
+        gbytes = sum(box_numel(tuple((0, d) for d in plan.hf_shapes[n])) for n in group) * elem_size
+        if current and size + gbytes > bucket_bytes:
+            buckets.append(Bucket(len(buckets), current, size))
+            current, size = [], 0
+        current += list(group)
+        size += gbytes
+    if current:
+        buckets.append(Bucket(len(buckets), current, size))
+    where = {name: b for b in buckets for name in b.hf_names}
+    for t in plan.transfers:
+        where[t.hf_name].transfers.append(t)
+    return buckets
+
+
+def _slices(box: Box) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in box)
+
+
+def _box_shape(box: Box) -> tuple[int, ...]:
+    return tuple(b - a for a, b in box)
+
+
+# ----------------------------------------------------------------------------------- group
+def init_refit_group(
+    host: str,
+    port: int,
+    rank: int,
+    world_size: int,
+    backend: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+):
+    """Join the refit group (blocks until all ``world_size`` members joined or ``timeout_s``).
+
+    ``backend`` defaults to NCCL when CUDA is available, else gloo. ``timeout_s`` also becomes
+    the group's operation timeout (gloo honours it per op).
+    """
+    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    return stateless_init_torch_distributed_process_group(
+        host, int(port), int(rank), int(world_size), backend=backend, timeout=timedelta(seconds=timeout_s)
+    )
+
+
+def destroy_refit_group(group) -> None:
+    from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+
+    try:
+        stateless_destroy_torch_distributed_process_group(group)
+    except Exception:  # best effort on shutdown (a peer may be gone)
+        pass
+
+
+def _group_device(group) -> torch.device:
+    if group._get_backend_name() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _wait(work, timeout_s: float, what: Callable[[], str]) -> None:
+    try:
+        ok = work.wait(timedelta(seconds=timeout_s))
+    except Exception as exc:  # gloo/NCCL raise RuntimeError subclasses
+        raise RefitError(f"{what()}: {type(exc).__name__}: {exc}") from exc
+    if ok is False:
+        raise RefitError(f"{what()}: timed out after {timeout_s:g} s")
+
+
+def _start_barrier(group, device: torch.device, timeout_s: float, who: str) -> None:
+    t = torch.ones(1, device=device)
+    work = group.allreduce([t])
+    _wait(
+        work,
+        timeout_s,
+        lambda: f"refit start ({who}): not every member of the refit group entered the refit",
+    )
+
+
+def _receiver_label(plan: RefitPlan, receiver: tuple[int, int]) -> str:
+    e, n = receiver
+    return (
+        f"vLLM engine {e} rank {n} (refit-group rank {engine_global_rank(plan.learner, plan.engine, e, n)})"
+    )
+
+
+# ----------------------------------------------------------------------------------- learner side
+def local_tensors(model_chunks: list[torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Chunk-local name -> parameter tensor of this learner rank (one chunk: no virtual PP)."""
+    from megatron_tulu.models.hf_io import iter_global_params
+
+    if len(model_chunks) != 1:
+        raise PlanError(f"refit supports one model chunk per rank (no virtual PP), got {len(model_chunks)}")
+    return {name: param.data for name, _, param in iter_global_params(model_chunks)}
+
+
+def _check_local(plan: RefitPlan, rank: int, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Refuse (before sending anything) local tensors that do not match the plan's layout."""
+    from megatron_tulu.rollout.bridge.layouts import learner_coords
+
+    layout = plan.learner
+    tp_rank, pp_rank, _ = learner_coords(rank, layout.tp, layout.dp)
+    for info in megatron_params(layout):
+        if info.pp_stage != pp_rank:
+            continue
+        expect = megatron_local_shape(layout, info)
+        if info.name not in tensors:
+            # PP=1 with tied embeddings: output_layer reuses the embedding (not in the plan)
+            raise PlanError(
+                f"learner rank {rank}: no local tensor {info.name!r} (plan expects {list(expect)})"
+            )
+        got = tensors[info.name]
+        if tuple(got.shape) != tuple(expect):
+            raise PlanError(
+                f"learner rank {rank} (tp {tp_rank}, pp {pp_rank}): {info.name} has local shape "
+                f"{list(got.shape)}, the plan expects {list(expect)}"
+            )
+        if got.dtype != dtype:
+            raise PlanError(
+                f"learner rank {rank}: {info.name} is {got.dtype}, the refit wire dtype is {dtype}"
+            )
+
+
+def _checksum(x: torch.Tensor) -> tuple[float, float]:
+    x = x.detach().to(torch.float64)
+    return float(x.sum()), float((x * x).sum())
+
+
+def send_refit(
+    plan: RefitPlan,
+    model_chunks: list[torch.nn.Module] | Mapping[str, torch.Tensor],
+    group,
+    rank: int,
+    *,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    dtype: torch.dtype | None = None,
+    checksums: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> dict:
+    """Learner side: send exactly this rank's planned slices, bucket by bucket; return stats.
+
+    Every learner rank of the group calls this (ranks with nothing planned only join the start
+    barrier). ``model_chunks`` may also be a mapping chunk-local name -> local tensor.
+    Raises :class:`PlanError` before sending if the local tensors do not match the plan and
+    :class:`RefitError` if a receiver fails, dies or times out.
+    """
+    tensors = model_chunks if isinstance(model_chunks, Mapping) else local_tensors(model_chunks)
+    first = next(iter(tensors.values()))
+    dtype = dtype or first.dtype
+    _check_local(plan, rank, tensors, dtype)
+    buckets = bucket_schedule(plan, bucket_bytes, torch.empty((), dtype=dtype).element_size())
+    gdev = _group_device(group)
+    stats = {"rank": rank, "bytes_sent": 0, "messages": 0, "buckets": len(buckets), "peak_pack_bytes": 0}
+    t0 = time.perf_counter()
+    _start_barrier(group, gdev, timeout_s, f"learner rank {rank}")
+    with torch.no_grad():
+        for bucket in buckets:
+            per_recv: dict[tuple[int, int], list[Transfer]] = defaultdict(list)
+            for t in bucket.transfers:
+                if t.src_rank == rank:
+                    per_recv[t.receiver].append(t)
+            sends, acks, pack_bytes = [], [], 0
+            for receiver in sorted(per_recv):
+                items = per_recv[receiver]
+                parts = [tensors[t.src_param.name][_slices(t.src_slice)] for t in items]
+                flat = torch.cat([p.reshape(-1) for p in parts]).to(gdev)
+                pack_bytes += flat.numel() * flat.element_size()
+                dst = engine_global_rank(plan.learner, plan.engine, *receiver)
+                sends.append((receiver, group.send([flat], dst, 2 * bucket.index), flat))
+                ack = torch.zeros(1 + (2 * len(items) if checksums else 0), dtype=torch.float64, device=gdev)
+                acks.append((receiver, items, parts, group.recv([ack], dst, 2 * bucket.index + 1), ack))
+                stats["bytes_sent"] += flat.numel() * flat.element_size()
+                stats["messages"] += 1
+            stats["peak_pack_bytes"] = max(stats["peak_pack_bytes"], pack_bytes)
+            for receiver, work, _ in sends:
+                _wait(
+                    work,
+                    timeout_s,
+                    lambda r=receiver, b=bucket.index: (
+                        f"refit bucket {b}/{len(buckets)}: learner rank {rank} "
+                        f"could not send to {_receiver_label(plan, r)}"
+                    ),
+                )
+            for receiver, items, parts, work, ack in acks:
+                _wait(
+                    work,
+                    timeout_s,
+                    lambda r=receiver, b=bucket.index: (
+                        f"refit bucket {b}/{len(buckets)}: learner rank {rank} got "
+                        f"no acknowledgement from {_receiver_label(plan, r)} (receiver died or hangs)"
+                    ),
+                )
+                ack = ack.cpu()
+                if float(ack[0]) != 1.0:
+                    raise RefitError(
+                        f"refit bucket {bucket.index}: {_receiver_label(plan, receiver)} reported failure"
+                    )
+                if checksums:
+                    _compare_checksums(plan, bucket.index, receiver, items, parts, ack)
+            del sends, acks
+    stats["seconds"] = time.perf_counter() - t0
+    return stats
+
+
+def _compare_checksums(plan, bucket, receiver, items, parts, ack) -> None:
+    for i, (t, part) in enumerate(zip(items, parts)):
+        want = _checksum(part)
+        got = (float(ack[1 + 2 * i]), float(ack[2 + 2 * i]))
+        for w, g, label in ((want[0], got[0], "sum"), (want[1], got[1], "sum of squares")):
+            if abs(w - g) > 1e-9 * max(1.0, abs(w)):
+                raise RefitError(
+                    f"refit bucket {bucket}: checksum mismatch ({label}) for {t.hf_name}{list(t.dst_slice)} "
+                    f"on {_receiver_label(plan, receiver)}: sent {w!r}, received {g!r}"
+                )
+
+
+# ----------------------------------------------------------------------------------- receiver side
+def receive_refit(
+    plan: RefitPlan,
+    engine: int,
+    tp_rank: int,
+    group,
+    load_fn: LoadFn,
+    *,
+    dtype: torch.dtype,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    checksums: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    device: torch.device | None = None,
+) -> dict:
+    """vLLM side: receive this rank's planned slices bucket by bucket and feed ``load_fn``.
+
+    ``load_fn`` gets one lazy iterator of ``(hf_name, full_size_tensor)`` over the whole refit
+    (vLLM: ``model_runner.reload_weights(weights_iterator=...)``, one reload pass); each bucket is
+    received only when the loader asks for its first tensor, so memory stays bounded by a
+    bucket. Returns stats (``bytes_received``, ``shard_bytes``, ``seconds``...).
+    """
+    receiver = (engine, tp_rank)
+    me = engine_global_rank(plan.learner, plan.engine, engine, tp_rank)
+    esz = torch.empty((), dtype=dtype).element_size()
+    buckets = bucket_schedule(plan, bucket_bytes, esz)
+    gdev = _group_device(group)
+    device = device or gdev
+    stats = {
+        "engine": engine,
+        "rank": tp_rank,
+        "bytes_received": 0,
+        "messages": 0,
+        "buckets": len(buckets),
+        "shard_bytes": plan.shard_bytes[receiver],
+        "peak_bucket_bytes": 0,
+    }
+    pending_acks: list[tuple[int, list]] = []  # per bucket: [(src, ack tensor)]
+    done = {"buckets": 0}
+
+    def flush_acks() -> None:
+        while pending_acks:
+            index, acks = pending_acks.pop(0)
+            works = [(src, group.send([ack], src, 2 * index + 1), ack) for src, ack in acks]
+            for src, work, _ in works:
+                _wait(
+                    work,
+                    timeout_s,
+                    lambda s=src, i=index: f"refit bucket {i}: ack to learner rank {s} failed",
+                )
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for bucket in buckets:
+            flush_acks()  # the previous bucket was loaded: the loader asked for more
+            per_src: dict[int, list[Transfer]] = defaultdict(list)
+            for t in bucket.transfers:
+                if t.receiver == receiver:
+                    per_src[t.src_rank].append(t)
+            works = []
+            for src in sorted(per_src):
+                n = sum(box_numel(t.dst_slice) for t in per_src[src])
+                flat = torch.empty(n, dtype=dtype, device=gdev)
+                works.append((src, group.recv([flat], src, 2 * bucket.index), flat))
+            buffers = {
+                name: torch.empty(plan.hf_shapes[name], dtype=dtype, device=device)
+                for name in bucket.hf_names
+            }
+            acks = []
+            for src, work, flat in works:
+                _wait(
+                    work,
+                    timeout_s,
+                    lambda s=src, b=bucket.index: (
+                        f"refit bucket {b}/{len(buckets)}: {_receiver_label(plan, receiver)} "
+                        f"received nothing from learner rank {s}"
+                    ),
+                )
+                stats["bytes_received"] += flat.numel() * esz
+                stats["messages"] += 1
+                sums, off = [], 0
+                for t in per_src[src]:
+                    k = box_numel(t.dst_slice)
+                    view = buffers[t.hf_name][_slices(t.dst_slice)]
+                    view.copy_(flat[off : off + k].view(_box_shape(t.dst_slice)).to(device))
+                    off += k
+                    if checksums:
+                        sums += list(_checksum(view))
+                acks.append((src, torch.tensor([1.0, *sums], dtype=torch.float64, device=gdev)))
+            del works
+            stats["peak_bucket_bytes"] = max(stats["peak_bucket_bytes"], bucket.full_bytes)
+            pending_acks.append((bucket.index, acks))
+            for name in bucket.hf_names:
+                yield name, buffers.pop(name)
+            done["buckets"] += 1
+
+    t0 = time.perf_counter()
+    _start_barrier(group, gdev, timeout_s, f"{_receiver_label(plan, receiver)}")
+    stream = tensors()
+    load_fn(stream)
+    for _ in stream:  # the loader must consume everything; drain (and fail) if it did not
+        pass
+    if done["buckets"] != len(buckets):
+        raise RefitError(f"{_receiver_label(plan, receiver)}: loader stopped after {done['buckets']} buckets")
+    flush_acks()  # the last bucket: acknowledged after the loader finished post-processing
+    stats["seconds"] = time.perf_counter() - t0
+    stats["group_rank"] = me
+    return stats
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES[dtype]
