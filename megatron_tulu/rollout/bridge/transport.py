@@ -230,14 +230,28 @@ def _wait(work, timeout_s: float, what: Callable[[], str]) -> None:
         raise RefitError(f"{what()}: timed out after {timeout_s:g} s")
 
 
-def _start_barrier(group, device: torch.device, timeout_s: float, who: str) -> None:
-    t = torch.ones(1, device=device)
-    work = group.allreduce([t])
+def _agreement_key(plan: RefitPlan, bucket_bytes: int, checksums: bool, dtype: torch.dtype) -> int:
+    text = f"{plan_fingerprint(plan)}|{bucket_bytes}|{int(checksums)}|{dtype}"
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
+def _start_barrier(group, device: torch.device, timeout_s: float, who: str, key: int) -> None:
+    """All members enter the refit and agree on plan, bucket size, checksums and dtype: an
+    all-reduce (MAX) of ``[key, -key]`` equals ``[k, -k]`` only if every member has the same key."""
+    fp = key
+    t = torch.tensor([fp, -fp], dtype=torch.int64, device=device)
+    work = group.allreduce([t], torch.distributed.ReduceOp.MAX)
     _wait(
         work,
         timeout_s,
         lambda: f"refit start ({who}): not every member of the refit group entered the refit",
     )
+    hi, neg_lo = (int(x) for x in t.cpu())
+    if hi != -neg_lo:
+        raise RefitError(
+            f"refit start ({who}): the members of the refit group computed different plans "
+            "or settings (learner / engine layouts, model config, dtype, bucket_bytes or checksums differ)"
+        )
 
 
 def _receiver_label(plan: RefitPlan, receiver: tuple[int, int]) -> str:
@@ -315,7 +329,9 @@ def send_refit(
     gdev = _group_device(group)
     stats = {"rank": rank, "bytes_sent": 0, "messages": 0, "buckets": len(buckets), "peak_pack_bytes": 0}
     t0 = time.perf_counter()
-    _start_barrier(group, gdev, timeout_s, f"learner rank {rank}")
+    _start_barrier(
+        group, gdev, timeout_s, f"learner rank {rank}", _agreement_key(plan, bucket_bytes, checksums, dtype)
+    )
     with torch.no_grad():
         for bucket in buckets:
             per_recv: dict[tuple[int, int], list[Transfer]] = defaultdict(list)
@@ -472,7 +488,13 @@ def receive_refit(
             done["buckets"] += 1
 
     t0 = time.perf_counter()
-    _start_barrier(group, gdev, timeout_s, f"{_receiver_label(plan, receiver)}")
+    _start_barrier(
+        group,
+        gdev,
+        timeout_s,
+        _receiver_label(plan, receiver),
+        _agreement_key(plan, bucket_bytes, checksums, dtype),
+    )
     stream = tensors()
     load_fn(stream)
     for _ in stream:  # the loader must consume everything; drain (and fail) if it did not

@@ -99,7 +99,9 @@ def run_parties(fns: list, timeout: float = 60.0) -> list:
     return results
 
 
-def refit_in_threads(learner, engine, hf, *, bucket_bytes, checksums=False, dtype=torch.float32):
+def refit_in_threads(
+    learner, engine, hf, *, bucket_bytes, checksums=False, dtype=torch.float32, recv_bucket_bytes=None
+):
     plan = plan_refit(learner, engine)
     local = learner_tensors(learner, hf)
     world = learner.world_size + engine.world_size
@@ -145,7 +147,7 @@ def refit_in_threads(learner, engine, hf, *, bucket_bytes, checksums=False, dtyp
                     group,
                     load,
                     dtype=dtype,
-                    bucket_bytes=bucket_bytes,
+                    bucket_bytes=recv_bucket_bytes or bucket_bytes,
                     checksums=checksums,
                     timeout_s=30,
                 )
@@ -204,6 +206,15 @@ def test_bf16_with_checksums_and_one_bucket():
     for name in hf:
         region = vllm_region(model, name, 1, 2)
         assert torch.equal(seen[(0, 1)][name], hf[name][tuple(slice(a, b) for a, b in region)])
+
+
+def test_parties_with_different_settings_refuse_before_moving_data():
+    model = small_model()
+    learner = LearnerLayout(tp=2, pp=1, dp=1, model=model, dtype_bytes=4)
+    with pytest.raises(RefitError, match="different plans or settings"):
+        refit_in_threads(
+            learner, EngineLayout(tp=2), random_hf(model), bucket_bytes=40_000, recv_bucket_bytes=50_000
+        )
 
 
 def test_buckets_keep_fused_parts_together_and_respect_the_size():

@@ -1,0 +1,176 @@
+"""Learner-side refit orchestration and the log-prob verification helper.
+
+Every learner rank (torchrun rank, Megatron initialised)::
+
+    spec = refit_spec_for(model_chunks, cfg, engine_tp=N, num_engines=E)
+    refit = LearnerRefit(spec, host, port)          # joins the refit group (blocks for everyone)
+    ...
+    refit.send(model_chunks)                        # after every optimizer step, on every rank
+    ...
+    refit.close()
+
+and the engine controller(s), with the same ``spec`` / host / port::
+
+    engine.join_refit_group(host, port, spec, engine_index=e)
+    engine.refit()                                  # pairs with the learner's send()
+
+``bucket_bytes`` and ``checksums`` must be equal on both sides (they decide the message order
+and sizes). Verification: :func:`learner_sequence_logprobs` (collective over the learner) vs
+:meth:`~megatron_tulu.rollout.engine.RolloutEngine.sequence_logprobs`, compared with
+:func:`max_abs_diff`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from megatron_tulu.config.schema import ModelConfig
+from megatron_tulu.rollout.bridge.layouts import EngineLayout, LearnerLayout
+from megatron_tulu.rollout.bridge.transport import (
+    DEFAULT_BUCKET_BYTES,
+    DEFAULT_TIMEOUT_S,
+    RefitSpec,
+    destroy_refit_group,
+    dtype_name,
+    init_refit_group,
+    local_tensors,
+    send_refit,
+)
+
+__all__ = ["LearnerRefit", "learner_sequence_logprobs", "max_abs_diff", "refit_spec_for"]
+
+
+def refit_spec_for(
+    model_chunks: list[torch.nn.Module],
+    cfg: ModelConfig,
+    engine_tp: int,
+    num_engines: int = 1,
+    *,
+    engine_model: ModelConfig | None = None,
+) -> RefitSpec:
+    """The refit spec of this Megatron learner (layout from ``parallel_state``, dtype and layer
+    spec from the parameters) towards ``num_engines`` TP=``engine_tp`` vLLM engines."""
+    from megatron.core import parallel_state
+
+    tensors = local_tensors(model_chunks)
+    dtype = next(iter(tensors.values())).dtype
+    impl = (
+        "transformer_engine" if any(n.endswith("linear_qkv.layer_norm_weight") for n in tensors) else "local"
+    )
+    learner = LearnerLayout(
+        tp=parallel_state.get_tensor_model_parallel_world_size(),
+        pp=parallel_state.get_pipeline_model_parallel_world_size(),
+        dp=parallel_state.get_data_parallel_world_size(),
+        model=cfg,
+        dtype_bytes=torch.empty((), dtype=dtype).element_size(),
+        transformer_impl=impl,
+    )
+    return RefitSpec(
+        learner, EngineLayout(tp=engine_tp, num_engines=num_engines, model=engine_model), dtype_name(dtype)
+    )
+
+
+class LearnerRefit:
+    """One learner rank's membership in a refit group (group rank = its global rank)."""
+
+    def __init__(
+        self,
+        spec: RefitSpec,
+        host: str,
+        port: int,
+        *,
+        rank: int | None = None,
+        backend: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
+        import torch.distributed as dist
+
+        self.spec = spec
+        self.plan = spec.plan()  # PlanError here, before anyone waits on the group
+        self.rank = dist.get_rank() if rank is None else rank
+        world = spec.learner.world_size + spec.engine.world_size
+        self.group = init_refit_group(host, port, self.rank, world, backend, timeout_s)
+        self.timeout_s = timeout_s
+
+    def send(
+        self,
+        model_chunks,
+        *,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        checksums: bool = False,
+        timeout_s: float | None = None,
+    ) -> dict:
+        """Send this rank's planned slices (every learner rank calls it; returns its stats)."""
+        return send_refit(
+            self.plan,
+            model_chunks,
+            self.group,
+            self.rank,
+            bucket_bytes=bucket_bytes,
+            dtype=self.spec.torch_dtype,
+            checksums=checksums,
+            timeout_s=timeout_s if timeout_s is not None else self.timeout_s,
+        )
+
+    def close(self) -> None:
+        if self.group is not None:
+            destroy_refit_group(self.group)
+            self.group = None
+
+
+@torch.no_grad()
+def learner_sequence_logprobs(
+    model_chunks: list[torch.nn.Module], cfg: ModelConfig, sequences: Sequence[Sequence[int]]
+) -> list[torch.Tensor] | None:
+    """``out[s][i]`` = log p(token ``i+1`` | tokens ``0..i``) under the Megatron model, in fp32.
+
+    Collective over all learner ranks (one forward per sequence through the pipeline); the
+    result is returned on last-stage ranks, ``None`` elsewhere.
+    """
+    from megatron.core import parallel_state
+
+    from megatron_tulu.engine.train_step import forward_backward
+    from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
+
+    device = next(iter(local_tensors(model_chunks).values())).device
+    for chunk in model_chunks:
+        chunk.eval()
+    out = []
+    for seq in sequences:
+        ids = torch.tensor([list(seq)], dtype=torch.long, device=device)
+        pos = torch.arange(ids.shape[1], device=device).unsqueeze(0)
+
+        def step(it, model):
+            batch = next(it)
+            return model(input_ids=batch[0], position_ids=batch[1], attention_mask=None), None
+
+        res = forward_backward(
+            step,
+            iter([(ids, pos)]),
+            model_chunks,
+            num_microbatches=1,
+            seq_length=ids.shape[1],
+            micro_batch_size=1,
+            forward_only=True,
+        )
+        if parallel_state.is_pipeline_last_stage():
+            logits = res[0].float()
+            lp = vocab_parallel_log_probs(logits[:, :-1], ids[:, 1:], cfg.vocab_size)
+            out.append(lp[0].cpu())
+    return out if parallel_state.is_pipeline_last_stage() else None
+
+
+def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
+    """Largest absolute difference between two ragged lists of per-token log-probs."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} vs {len(b)} sequences")
+    worst = 0.0
+    for x, y in zip(a, b):
+        tx, ty = torch.as_tensor(list(x), dtype=torch.float64), torch.as_tensor(list(y), dtype=torch.float64)
+        if tx.shape != ty.shape:
+            raise ValueError(f"sequence lengths differ: {tuple(tx.shape)} vs {tuple(ty.shape)}")
+        if tx.numel():
+            worst = max(worst, float((tx - ty).abs().max()))
+    return worst

@@ -1,0 +1,103 @@
+"""Runs inside every vLLM worker process: joins the refit group and receives refits.
+
+vLLM mixes this class into its worker class when the engine is started with
+``worker_extension_cls="megatron_tulu.rollout.worker_ext.RefitWorkerExtension"`` (what
+:class:`~megatron_tulu.rollout.engine.RolloutEngine` does); its methods are then callable by name
+through ``LLM.collective_rpc`` on every worker, with plain-data arguments (no insecure
+serialization needed). Method names carry a ``refit_`` prefix so they cannot clash with the
+worker's own attributes (vLLM asserts that).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_tulu.rollout.bridge.transport import (
+    DEFAULT_BUCKET_BYTES,
+    DEFAULT_TIMEOUT_S,
+    RefitError,
+    RefitSpec,
+    destroy_refit_group,
+    init_refit_group,
+    plan_fingerprint,
+    receive_refit,
+)
+
+
+class RefitWorkerExtension:
+    """Mixin for vLLM's worker (``self`` is the worker: ``self.model_runner``, ``self.device``)."""
+
+    def refit_tp_rank(self) -> int:
+        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+
+        return get_tensor_model_parallel_rank()
+
+    def refit_join_group(
+        self,
+        host: str,
+        port: int,
+        world_size: int,
+        rank_offset: int,
+        backend: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> int:
+        """Join the refit group as rank ``rank_offset + TP rank``; blocks until everyone joined."""
+        rank = rank_offset + self.refit_tp_rank()
+        self._refit_group = init_refit_group(host, port, rank, world_size, backend, timeout_s)
+        self._refit_group_rank = rank
+        return rank
+
+    def refit_leave_group(self) -> None:
+        group = getattr(self, "_refit_group", None)
+        if group is not None:
+            destroy_refit_group(group)
+            self._refit_group = None
+
+    def refit_receive(
+        self,
+        spec: dict,
+        engine_index: int = 0,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        checksums: bool = False,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        fingerprint: str | None = None,
+    ) -> dict:
+        """Receive one refit (planned from ``spec``, a :meth:`RefitSpec.to_dict`) and reload it."""
+        group = getattr(self, "_refit_group", None)
+        if group is None:
+            raise RefitError("refit_receive before refit_join_group")
+        refit_spec = RefitSpec.from_dict(spec)
+        plan = refit_spec.plan()
+        if fingerprint is not None and plan_fingerprint(plan) != fingerprint:
+            raise RefitError(
+                f"vLLM worker planned {plan_fingerprint(plan)}, the caller {fingerprint}: different plans"
+            )
+        tp_rank = self.refit_tp_rank()
+        if tp_rank >= refit_spec.engine.tp:
+            raise RefitError(f"worker TP rank {tp_rank} outside the plan's engine TP {refit_spec.engine.tp}")
+        device = self.device if isinstance(getattr(self, "device", None), torch.device) else None
+        runner = self.model_runner
+
+        def load(stream) -> None:
+            runner.reload_weights(weights_iterator=stream)
+
+        return receive_refit(
+            plan,
+            engine_index,
+            tp_rank,
+            group,
+            load,
+            dtype=refit_spec.torch_dtype,
+            bucket_bytes=bucket_bytes,
+            checksums=checksums,
+            timeout_s=timeout_s,
+            device=device,
+        )
+
+    def refit_weight_sums(self, names: list[str] | None = None) -> dict[str, float]:
+        """Float64 sums of this worker's (sharded, possibly repacked) parameters, for debugging."""
+        out = {}
+        for name, p in self.model_runner.get_model().named_parameters():
+            if names is None or name in names:
+                out[name] = float(p.detach().to(torch.float64).sum())
+        return out
