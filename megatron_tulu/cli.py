@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("megatron_tulu.models.convert_cli:main", "HF Llama <-> Megatron distributed checkpoint"),
     "generate": ("megatron_tulu.engine.generate_cli:main", "greedy/sampled generation on the Megatron model"),
     "sft": ("megatron_tulu.algorithms.sft:main", "supervised fine-tuning (Tülu 3 sum loss, packing)"),
+    "dpo": (
+        "megatron_tulu.algorithms.dpo:main",
+        "preference optimisation (length-normalized DPO, cached reference)",
+    ),
     "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
     "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
     "plan-refit": (

@@ -28,20 +28,21 @@ from megatron_tulu.algorithms.loop import (
     check_batch_geometry,
     ensure_model_source,
     is_rank0,
+    resume_step,
     save_config,
     split_for_rank,
+    train_loop,
 )
 from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import SFTRunConfig
 from megatron_tulu.data.packing import block_causal_mask, collate_rows, pack_examples, pad_batch
 from megatron_tulu.data.sft import load_sft_examples
 from megatron_tulu.data.tokenizer import load_tokenizer
-from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
-from megatron_tulu.engine.faults import crash_point
+from megatron_tulu.engine.checkpoint import find_latest
 from megatron_tulu.engine.model import build_model, select_layer_spec
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
 from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
+from megatron_tulu.engine.train_step import prepare_model_for_training
 from megatron_tulu.losses.lm import masked_token_loss
 from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
@@ -175,80 +176,50 @@ def train_sft(cfg: SFTRunConfig) -> dict[str, Any]:
     prepare_model_for_training(chunks, optimizer)
 
     ckpt_root = Path(cfg.checkpoint.save_dir or out_dir / "checkpoints")
-    start = 0
-    if cfg.checkpoint.resume and (latest := find_latest(cfg.checkpoint.load_dir or ckpt_root)) is not None:
-        start = int(load_checkpoint(latest, chunks, optimizer, scheduler)["step"])
-
+    start = resume_step(cfg, ckpt_root, chunks, optimizer, scheduler)
     _, impl = select_layer_spec(cfg.precision)
     use_thd = impl == "transformer_engine"
-    forward_step = make_forward_step(cfg.model.vocab_size, cfg.sft.loss_reduction, cfg.data.packing, use_thd)
     fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None  # p2p shapes must be static
-    logger = MetricsLogger(out_dir, cfg.logging, resume_step=start)
     if is_rank0():
         print(
             f"[sft] {data_info['data_report']}; rows={data_info['rows']} "
             f"packing_efficiency={data_info.get('packing_efficiency', 'n/a')} steps={total_steps} start={start}"
         )
     meter = Throughput(cfg.model, cfg.train.seq_length, info.world_size, cfg.logging.peak_tflops)
-    bar = None
-    if is_rank0() and cfg.logging.progress_bar:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=start, desc="sft", dynamic_ncols=True)
-    meta = {"model": dataclasses.asdict(cfg.model), "algorithm": "sft"}
-    last = {}
-    for step in range(start, total_steps):
-        micro = [
-            collate(rows, idx, cfg.data.packing, data_info["pad_id"], fixed_len)
-            for idx in split_for_rank(order.rows(step), info.dp, info.dp_rank, cfg.train.micro_batch_size)
-        ]
-        seq_len = micro[0]["tokens"].shape[1]
-        result = train_step(
-            forward_step,
-            iter(micro),
-            chunks,
-            optimizer,
-            scheduler,
-            num_microbatches=num_mb,
-            seq_length=seq_len,
-            micro_batch_size=cfg.train.micro_batch_size,
-        )
+    def micro_batches(step: int) -> list[dict[str, Any]]:
+        shares = split_for_rank(order.rows(step), info.dp, info.dp_rank, cfg.train.micro_batch_size)
+        return [collate(rows, idx, cfg.data.packing, data_info["pad_id"], fixed_len) for idx in shares]
+
+    def step_metrics(result, micro) -> dict[str, Any]:
         non_pad = sum(int((b["document_ids"] >= 0).sum()) for b in micro) * info.dp
-        last = {
-            "loss": result.metrics[
-                "loss_per_sequence" if cfg.sft.loss_reduction == "sum" else "loss_per_token"
-            ],
+        key = "loss_per_sequence" if cfg.sft.loss_reduction == "sum" else "loss_per_token"
+        return {
+            "loss": result.metrics[key],
             "loss_per_token": result.metrics["loss_per_token"],
-            "lr": result.lr,
-            "grad_norm": result.grad_norm,
-            "epoch": step // order.steps_per_epoch,
             **meter.measure(non_pad),
         }
-        logger.log(step + 1, last)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{result.lr:.2e}")
-        if (
-            cfg.checkpoint.save_interval
-            and (step + 1) % cfg.checkpoint.save_interval == 0
-            and step + 1 < total_steps
-        ):
-            save_checkpoint(
-                ckpt_root,
-                step + 1,
-                chunks,
-                optimizer,
-                scheduler,
-                keep_last=cfg.checkpoint.keep_last,
-                meta=meta,
-            )
-        crash_point("kill_after_step", step + 1)
-    if bar is not None:
-        bar.close()
-    logger.close()
-    final = save_checkpoint(
-        ckpt_root, total_steps, chunks, optimizer, scheduler, keep_last=cfg.checkpoint.keep_last, meta=meta
+
+    last = train_loop(
+        name="sft",
+        cfg=cfg,
+        chunks=chunks,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        forward_step=make_forward_step(
+            cfg.model.vocab_size, cfg.sft.loss_reduction, cfg.data.packing, use_thd
+        ),
+        micro_batches=micro_batches,
+        step_metrics=step_metrics,
+        start=start,
+        total_steps=total_steps,
+        num_microbatches=num_mb,
+        ckpt_root=ckpt_root,
+        logger=MetricsLogger(out_dir, cfg.logging, resume_step=start),
+        meta={"model": dataclasses.asdict(cfg.model), "algorithm": "sft"},
+        progress_bar=cfg.logging.progress_bar,
     )
+    final = find_latest(ckpt_root)
     summary = {
         "steps": total_steps,
         "final_checkpoint": str(final),
@@ -266,7 +237,7 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(
             main.__doc__
-            + "\n\nExample: megatron-tulu sft preset=tulu3_8b model=llama3.1_8b model.hf_path=/ckpt/llama"
+            + "\n\nExample: megatron-tulu sft preset=sft_tulu3_8b model=llama3.1_8b model.hf_path=/ckpt/llama"
         )
         return 0
     cfg = load_config(argv, config_name="sft", schema=SFTRunConfig)

@@ -143,3 +143,22 @@ class SFTRunConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sft: SFTOptions = field(default_factory=SFTOptions)
+
+
+@dataclass
+class DPOOptions:
+    loss: str = "dpo_norm"  # any name in megatron_tulu.losses.dpo.DPO_LOSSES
+    beta: float = 5.0
+    label_smoothing: float = 0.0
+    gamma_beta_ratio: float = 0.5  # simpo
+    forward_mode: str = "separate"  # separate (Tülu 3 Fig. 17) | concatenated
+    epochs: int = 1
+    ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache
+    export_hf: bool = True
+
+
+@dataclass
+class DPORunConfig(RunConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dpo: DPOOptions = field(default_factory=DPOOptions)

@@ -1,0 +1,84 @@
+"""Worker: reference log-probs + one DPO step on shipped preference pairs at a given layout."""
+
+import argparse
+
+import torch
+
+from megatron_tulu.algorithms.dpo import (
+    EMBEDDED_DPO,
+    make_batch_builder,
+    make_forward_step,
+    make_reference_step,
+)
+from megatron_tulu.algorithms.ref_cache import compute_reference_logps
+from megatron_tulu.config.load import load_config
+from megatron_tulu.config.schema import DPORunConfig, OptimizerConfig, ParallelConfig, PrecisionConfig
+from megatron_tulu.data.preference import load_preference_examples
+from megatron_tulu.data.tokenizer import load_tokenizer
+from megatron_tulu.engine.model import build_model
+from megatron_tulu.engine.optimizer import build_optimizer
+from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
+from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights, model_config_from_hf
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--hf", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--global-batch", type=int, default=8)
+    p.add_argument("--mode", default="concatenated")
+    p.add_argument("--loss", default="dpo_norm")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    model_cfg = model_config_from_hf(args.hf)
+    parallel = ParallelConfig(tp=args.tp, pp=args.pp)
+    info = init_parallel(model_cfg, parallel, seed=1)
+    cfg = load_config(
+        [f"dpo.loss={args.loss}", f"dpo.forward_mode={args.mode}"], config_name="dpo", schema=DPORunConfig
+    )
+    tok = load_tokenizer(args.hf)
+    pairs, _ = load_preference_examples([str(EMBEDDED_DPO)], tok, max_seq_len=256)
+    pairs = pairs[: args.global_batch]
+    fixed = 256 if args.pp > 1 else None
+    chunks = build_model(model_cfg, parallel, PrecisionConfig())
+    load_hf_weights(chunks, model_cfg, args.hf)
+    ref = compute_reference_logps(
+        chunks,
+        len(pairs),
+        make_batch_builder(pairs, args.mode, 1, fixed, None),
+        make_reference_step(model_cfg.vocab_size, args.mode),
+        args.micro_batch,
+        rows_per_pair=2 if args.mode == "concatenated" else 1,
+    )
+    # perturb the reference so the loss is not at its trivial starting point (policy == reference)
+    ref = {**ref, "chosen": ref["chosen"] + 0.5, "rejected": ref["rejected"] - 0.25}
+    optimizer = build_optimizer(
+        chunks, OptimizerConfig(lr=1e-3, adam_eps=1e-4, clip_grad=1e9), parallel, PrecisionConfig()
+    )
+    prepare_model_for_training(chunks, optimizer)
+    build = make_batch_builder(pairs, args.mode, 1, fixed, ref)
+    per = args.global_batch // info.dp
+    mine = list(range(info.dp_rank * per, (info.dp_rank + 1) * per))
+    micro = [build(mine[i : i + args.micro_batch]) for i in range(0, per, args.micro_batch)]
+    res = train_step(
+        make_forward_step(cfg, model_cfg.vocab_size),
+        iter(micro),
+        chunks,
+        optimizer,
+        None,
+        num_microbatches=len(micro),
+        seq_length=fixed or 0,
+        micro_batch_size=args.micro_batch * (2 if args.mode == "concatenated" else 1),
+    )
+    grads = collect_hf_state_on_rank0(chunks, model_cfg, accessor=lambda prm: prm.main_grad)
+    if info.rank == 0:
+        torch.save({"ref": ref, "metrics": res.metrics, "grads": grads}, args.out)
+    destroy_parallel()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Driver: real vLLM CPU engines (started once) refit from Megatron learners under torchrun.
+
+Starts one engine per ``--engine-tp`` (dedicated processes: this controller plus vLLM's
+workers), then for each ``--learner TPxPP`` launches a torchrun learner
+(``refit_learner.py``) that joins every engine's refit group; per round it refits every engine
+and reads vLLM's log-probs of the fixed sequences. Prints ``RESULT {json}`` with, per learner
+layout and engine: the worker stats and log-probs of both rounds, the learner's log-probs and
+send stats, and the engine start times.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEQUENCES = [
+    [5, 6, 7, 8, 9, 10, 11, 12],
+    [100, 2000, 31, 7, 7, 3998, 42, 1, 17, 256, 3000, 9],
+    [3998, 3997, 64, 65, 66],
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--hf", required=True)
+    p.add_argument("--engine-tp", type=int, action="append", required=True)
+    p.add_argument("--learner", action="append", required=True, help="TPxPP, e.g. 2x1")
+    p.add_argument("--bucket-bytes", type=int, default=1 << 20)
+    args = p.parse_args()
+
+    from megatron_tulu.models.hf_io import model_config_from_hf
+    from megatron_tulu.rollout.bridge.layouts import EngineLayout, LearnerLayout
+    from megatron_tulu.rollout.bridge.transport import RefitSpec
+    from megatron_tulu.rollout.engine import RolloutEngine
+    from tests.helpers import REPO, free_port
+
+    cfg = model_config_from_hf(args.hf)
+    engines = {}
+    result = {"engine_start_seconds": {}, "runs": []}
+    try:
+        for etp in args.engine_tp:
+            engines[etp] = RolloutEngine(
+                args.hf, tp=etp, dtype="float32", seed=0, kv_cache_bytes=128 << 20, max_model_len=256
+            )
+            result["engine_start_seconds"][etp] = engines[etp].start_seconds
+        for layout in args.learner:
+            tp, pp = (int(x) for x in layout.split("x"))
+            ports = {etp: free_port() for etp in engines}
+            specs = {
+                etp: RefitSpec(
+                    LearnerLayout(tp=tp, pp=pp, dp=1, model=cfg, dtype_bytes=4), EngineLayout(tp=etp)
+                )
+                for etp in engines
+            }
+            out = Path(tempfile.mkdtemp(prefix="refit_learner_"))
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={tp * pp}",
+                f"--master_port={free_port()}",
+                str(REPO / "tests/integration/workers/refit_learner.py"),
+                "--hf",
+                args.hf,
+                "--tp",
+                str(tp),
+                "--pp",
+                str(pp),
+                "--sequences",
+                json.dumps(SEQUENCES),
+                "--bucket-bytes",
+                str(args.bucket_bytes),
+                "--out",
+                str(out),
+            ]
+            for etp in engines:
+                cmd += ["--engine", f"127.0.0.1:{ports[etp]}:{etp}"]
+            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
+            env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+            log = open(out / "learner.log", "w")
+            learner = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                for etp, eng in engines.items():
+                    eng.join_refit_group("127.0.0.1", ports[etp], specs[etp], timeout_s=300)
+                run = {"learner": layout, "engines": {}}
+                for round_ in range(2):
+                    for etp, eng in engines.items():
+                        t0 = time.perf_counter()
+                        stats = eng.refit(
+                            bucket_bytes=args.bucket_bytes, checksums=round_ == 0, timeout_s=300
+                        )
+                        seconds = time.perf_counter() - t0
+                        lps = eng.sequence_logprobs(SEQUENCES)
+                        entry = run["engines"].setdefault(str(etp), {"rounds": []})
+                        entry["rounds"].append({"workers": stats, "rpc_seconds": seconds, "logprobs": lps})
+                for eng in engines.values():
+                    eng.leave_refit_group()
+                rc = learner.wait(timeout=600)
+            finally:
+                if learner.poll() is None:
+                    learner.kill()
+                    learner.wait()
+                log.close()
+            if rc != 0:
+                raise RuntimeError(f"learner {layout} failed:\n" + (out / "learner.log").read_text()[-6000:])
+            run["learner_ranks"] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(tp * pp)]
+            result["runs"].append(run)
+    finally:
+        for eng in engines.values():
+            eng.close()
+    result["sequences"] = SEQUENCES
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
