@@ -14,11 +14,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from megatron_tulu.config.schema import DPORunConfig, RunConfig, SFTRunConfig
+from megatron_tulu.config.schema import DPORunConfig, RLVRRunConfig, RunConfig, SFTRunConfig
 
 # Typed schemas that entry YAMLs list first in their defaults, so Hydra knows every field (an
 # override of a field the YAML does not spell out still works; a misspelled one is an error).
-SCHEMAS: dict[str, type] = {"run_schema": RunConfig, "sft_schema": SFTRunConfig, "dpo_schema": DPORunConfig}
+SCHEMAS: dict[str, type] = {
+    "run_schema": RunConfig,
+    "sft_schema": SFTRunConfig,
+    "dpo_schema": DPORunConfig,
+    "rlvr_schema": RLVRRunConfig,
+}
 for _name, _schema in SCHEMAS.items():
     ConfigStore.instance().store(name=_name, node=_schema)
 

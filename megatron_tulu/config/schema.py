@@ -162,3 +162,55 @@ class DPORunConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     dpo: DPOOptions = field(default_factory=DPOOptions)
+
+
+@dataclass
+class RolloutConfig:
+    """vLLM engines for RLVR rollouts."""
+
+    engine_tp: int = 1
+    num_engines: int = 1
+    placement: str = "dedicated"  # dedicated: engine ranks apart from learners | colocated
+    gpu_memory_utilization: float = 0.3  # on CPU vLLM sizes host memory with this
+    enforce_eager: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    max_prompt_len: int = 512
+    samples_per_prompt: int = 1  # >1 for GRPO groups
+    refit_bucket_mb: int = 64
+    refit_timeout_s: float = 300.0
+
+
+@dataclass
+class RLVROptions:
+    """PPO / GRPO with verifiable rewards (Tülu 3 §6; Tab. 21 defaults)."""
+
+    estimator: str = "gae"  # gae (PPO with a value model) | grpo
+    beta: float = 0.05  # KL penalty
+    kl_kind: str = "k1"
+    alpha: float = 10.0  # verifiable reward for a correct answer
+    no_eos_penalty: float = -10.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_eps: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    ppo_epochs: int = 4  # K update iterations per batch
+    num_mini_batches: int = 1
+    prompts_per_step: int = 32
+    total_episodes: int = 100_000
+    async_mode: bool = False  # train on the second-latest batch (Tülu 3 §6.3)
+    value_model: str | None = None  # HF dir of a reward model to initialise the value model
+    value_lr: float | None = None  # default: optimizer.lr
+    eval_every: int = 10
+    heldout_files: list[str] | None = None
+    export_hf: bool = True
+
+
+@dataclass
+class RLVRRunConfig(RunConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rlvr: RLVROptions = field(default_factory=RLVROptions)
