@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# Main job on the embedded default (CPU, offline): build the tiny Llama + tokenizer, import it into a
-# Megatron-Core distributed checkpoint at TP2 (2 gloo ranks), greedy-generate from it at PP2,
-# and export it back to HF safetensors.
+# Main job on the embedded default (CPU, offline): SFT then length-normalized DPO on the tiny
+# Llama, then a greedy answer from the DPO model through the Megatron engine at TP2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/demo}
 PY=.venv/bin/python
-export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore
+export HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
 mkdir -p "$OUT"
-$PY -m megatron_tulu.cli build-tiny --out "$OUT/tiny"
-$PY -m torch.distributed.run --nproc_per_node 2 -m megatron_tulu.cli convert hf-to-mcore \
-  --hf "$OUT/tiny" --out "$OUT/mcore" parallel.tp=2
-$PY -m torch.distributed.run --nproc_per_node 2 -m megatron_tulu.cli generate \
-  --ckpt "$OUT/mcore" --tokenizer "$OUT/tiny" --prompt "What is 2+2?" --chat --max-new-tokens 16 parallel.pp=2
-$PY -m megatron_tulu.cli convert mcore-to-hf --ckpt "$OUT/mcore" --out "$OUT/exported"
-echo "demo artifacts in $OUT"
+$PY -m megatron_tulu.cli sft train.output_dir="$OUT/sft"
+$PY -m megatron_tulu.cli dpo train.output_dir="$OUT/dpo" model.hf_path="$OUT/sft/hf"
+OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node 2 -m megatron_tulu.cli generate \
+  --hf "$OUT/dpo/hf" --prompt "Tom has 3 apples and buys 4 more. How many apples does Tom have?" \
+  --chat --max-new-tokens 40 parallel.tp=2
+echo "demo artifacts in $OUT (metrics.jsonl, tensorboard/, checkpoints/, hf/ per stage)"
