@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "megatron_tulu.algorithms.dpo:main",
         "preference optimisation (length-normalized DPO, cached reference)",
     ),
+    "rlvr": ("megatron_tulu.algorithms.rlvr:main", "PPO/GRPO with verifiable rewards and vLLM rollouts"),
     "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
     "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
     "plan-refit": (

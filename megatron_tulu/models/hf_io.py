@@ -179,13 +179,17 @@ def iter_global_params(chunks: list[torch.nn.Module]) -> Iterator[tuple[str, int
 
 
 @torch.no_grad()
-def load_hf_weights(chunks: list[torch.nn.Module], cfg: ModelConfig, hf_dir: str | os.PathLike) -> None:
-    """Copy this rank's shards of every parameter out of an HF directory."""
+def load_hf_weights(
+    chunks: list[torch.nn.Module], cfg: ModelConfig, hf_dir: str | os.PathLike, skip: frozenset[str] = frozenset()
+) -> None:
+    """Copy this rank's shards of every parameter (except chunk-local names in ``skip``) out of an HF dir."""
     reader = SafetensorsReader(hf_dir)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     shapes = shapes_for(cfg, tp)
     for name, layer, param in iter_global_params(chunks):
+        if name in skip:
+            continue
         kind, sources = hf_sources(name, layer, cfg.tie_word_embeddings)
         tensors = [reader.get(src, expected_hf_shape(src, shapes)) for src in sources]
         shard = shard_from_hf(kind, tensors, shapes, tp, tp_rank)

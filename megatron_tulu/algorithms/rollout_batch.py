@@ -1,0 +1,46 @@
+"""Turn rollouts into learner tensors: prompt + response rows, targets and response masks.
+
+Row ``i`` holds ``prompt_i + response_i`` right-padded to a fixed length (pipeline stages exchange
+static shapes). Position ``t`` predicts token ``t+1``, so the response token at row position
+``p + j`` is scored by the logits at ``p + j - 1``: ``mask[t] = 1`` for ``t`` in
+``[p - 1, p + len(response) - 1)``. Every per-token PPO tensor (log-probs, values, rewards,
+advantages) uses this mask; its last valid position is the last response token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RolloutSample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    finish_reason: str
+    score: float  # assembled reward (alpha * verdict, or the no-EOS penalty)
+    correct: float  # raw verifier score in [0, 1]
+    dataset: str
+    prompt_index: int
+
+
+def build_rollout_tensors(
+    samples: Sequence[RolloutSample], length: int, pad_id: int
+) -> dict[str, torch.Tensor]:
+    b = len(samples)
+    tokens = torch.full((b, length), pad_id, dtype=torch.long)
+    labels = torch.full((b, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, length), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        seq = list(s.prompt_ids) + list(s.response_ids)
+        if len(seq) > length:
+            raise ValueError(f"rollout {i} has {len(seq)} tokens, more than the row length {length}")
+        tokens[i, : len(seq)] = torch.tensor(seq)
+        labels[i, : len(seq) - 1] = torch.tensor(seq[1:])
+        p = len(s.prompt_ids)
+        mask[i, p - 1 : p - 1 + len(s.response_ids)] = 1.0
+    position_ids = torch.arange(length).unsqueeze(0).expand(b, -1).contiguous()
+    scores = torch.tensor([s.score for s in samples], dtype=torch.float32)
+    return {"tokens": tokens, "labels": labels, "mask": mask, "position_ids": position_ids, "scores": scores}
