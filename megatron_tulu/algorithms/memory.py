@@ -8,9 +8,10 @@
 - gradients: ``4 B x P_rank`` (Megatron's DDP grad buffer in fp32, ``grad_reduce_in_fp32=True`` as
   :mod:`megatron_tulu.engine.model` builds it; ``grad_dtype="bf16"`` gives 2 B);
 - fp32 main params + Adam m and v: ``12 B x P_rank``, divided by DP with the distributed optimizer
-  (ZeRO-1 over DP);
+  (ZeRO-1 over DP); with ``params_dtype="fp32"`` (CPU runs) weights take 4 B and there is no
+  main-param copy (Adam m, v: 8 B);
 - activations, Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
-  Models", §4) re-derived for Llama (RMSNorm, SwiGLU with ffn width ``f``, GQA with ``g`` KV heads
+  Models", arXiv:2205.05198, §4) re-derived for Llama (RMSNorm, SwiGLU with ffn width ``f``, GQA with ``g`` KV heads
   of size ``d``, no dropout), bytes per layer per micro-batch of ``b`` sequences of ``s`` tokens
   in bf16 with TP ``t`` and ``a`` heads::
 
@@ -23,8 +24,9 @@
   - full recompute: ``2sbh/t`` per layer (its input; ``/t`` with sequence parallel) plus one
     layer's selective working set while it is recomputed.
 
-  (With GPT's shapes, f = 4h and the two dropout masks, the same count gives Korthikanti's
-  ``34 sbh + 5 a s² b``.) Under 1F1B the first stage keeps ``min(PP, micro-batches)``
+  (For GPT, whose GeLU MLP keeps ``4f = 16h`` instead of SwiGLU's ``6f``, with ``gd = h`` and
+  the dropout masks ``2sbh + a s² b`` and dropout output ``2 a s² b``, the same count gives
+  Korthikanti's ``34 sbh + 5 a s² b``.) Under 1F1B the first stage keeps ``min(PP, micro-batches)``
   micro-batches in flight, stage ``i`` keeps ``min(PP - i, micro-batches)``, each of
   ``L / PP`` layers, so stage 0 holds about ``L`` layers' activations whatever PP is. The last
   stage adds the fp32 logits and their gradient, ``2 x 4 B x s b V / t``.
@@ -150,6 +152,7 @@ class LearnerMemory:
     seq_len: int
     micro_batch: int
     recompute: str
+    params_dtype: str
     stage: int  # the PP stage with the largest total
     policy: ModelMemory
     reference: ModelMemory | None
@@ -209,14 +212,17 @@ def _model_memory(
     recompute: str,
     grad_bytes: int,
     distributed_optimizer: bool,
+    weight_bytes: int = 2,
     value_head: bool = False,
 ) -> ModelMemory:
     params = stage_params(m, tp, pp, stage, value_head=value_head)
-    weights = 2.0 * params
+    weights = float(weight_bytes * params)
     if not train:
         return ModelMemory(name, stage, params, weights)
-    grads = float(grad_bytes * params)
-    optimizer = 12.0 * params / (dp if distributed_optimizer else 1)
+    grads = float(max(grad_bytes, weight_bytes) * params)
+    # Adam m, v in fp32, plus fp32 main params when the weights are 16-bit
+    opt_bytes = 8 if weight_bytes == 4 else 12
+    optimizer = float(opt_bytes * params) / (dp if distributed_optimizer else 1)
     in_flight = min(pp - stage, max(1, num_microbatches))
     layers = _layers_on_stage(m.num_layers, pp, stage)
     per_layer = activation_bytes_per_layer(m, seq_len, micro_batch, tp, sequence_parallel, recompute)
@@ -241,6 +247,7 @@ def estimate_learner_memory(
     sequence_parallel: bool = True,
     recompute: str = "selective",
     grad_dtype: str = "fp32",
+    params_dtype: str = "bf16",
     distributed_optimizer: bool = True,
     value_model: ModelConfig | None = None,
     reference: bool = True,
@@ -259,6 +266,7 @@ def estimate_learner_memory(
         recompute=recompute,
         grad_bytes=_DTYPE[grad_dtype],
         distributed_optimizer=distributed_optimizer,
+        weight_bytes=_DTYPE[params_dtype],
     )
     best: LearnerMemory | None = None
     totals = []
@@ -271,7 +279,18 @@ def estimate_learner_memory(
             else None
         )
         est = LearnerMemory(
-            tp, pp, dp, seq_len, micro_batch, recompute, stage, policy, ref, value, overhead_gb * GB
+            tp,
+            pp,
+            dp,
+            seq_len,
+            micro_batch,
+            recompute,
+            params_dtype,
+            stage,
+            policy,
+            ref,
+            value,
+            overhead_gb * GB,
         )
         totals.append(est.total)
         if best is None or est.total > best.total:
@@ -301,7 +320,14 @@ def estimate_engine_memory(
     budget = gpu_memory_utilization * gpu_memory_gb * GB
     kv = budget - weights - reserve_gb * GB
     return EngineMemory(
-        engine_tp, gpu_memory_gb * GB, gpu_memory_utilization, weights, reserve_gb * GB, kv, per_token, seq_len
+        engine_tp,
+        gpu_memory_gb * GB,
+        gpu_memory_utilization,
+        weights,
+        reserve_gb * GB,
+        kv,
+        per_token,
+        seq_len,
     )
 
 
@@ -318,15 +344,17 @@ def format_memory_table(
     """A GB table of the learner rank (and the engine rank), with a fit verdict against ``limit_gb``."""
     rows: list[tuple[str, float]] = []
     p, v, r = learner.policy, learner.value, learner.reference
-    rows.append((f"policy weights bf16 ({p.params / 1e9:.2f} B params)", p.weights))
+    dt = learner.params_dtype
+    opt = "Adam m,v" if dt == "fp32" else "fp32 main params + Adam m,v"
+    rows.append((f"policy weights {dt} ({p.params / 1e9:.2f} B params)", p.weights))
     rows.append(("policy grads (fp32 grad buffer)" if p.grads >= 4 * p.params else "policy grads", p.grads))
-    rows.append((f"policy fp32 main params + Adam m,v (/DP{learner.dp})", p.optimizer))
+    rows.append((f"policy {opt} (/DP{learner.dp})", p.optimizer))
     if r is not None:
-        rows.append(("reference weights bf16 (frozen)", r.weights))
+        rows.append((f"reference weights {dt} (frozen)", r.weights))
     if v is not None:
-        rows.append((f"value weights bf16 ({v.params / 1e9:.2f} B params)", v.weights))
+        rows.append((f"value weights {dt} ({v.params / 1e9:.2f} B params)", v.weights))
         rows.append(("value grads", v.grads))
-        rows.append((f"value fp32 main params + Adam m,v (/DP{learner.dp})", v.optimizer))
+        rows.append((f"value {opt} (/DP{learner.dp})", v.optimizer))
     rows.append((f"policy activations (recompute={learner.recompute})", p.activations))
     if v is not None:
         rows.append((f"value activations (recompute={learner.recompute})", v.activations))

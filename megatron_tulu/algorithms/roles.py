@@ -21,6 +21,7 @@ Placement ``colocated``: every rank is a learner, and engine ``e``'s rank ``n`` 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -148,7 +149,9 @@ class RoleAssignment:
     def headline(self) -> str:
         lw, ew = self.learner_world_size, self.engine_world_size
         where = (
-            f"on the last {ew} GPUs" if self.placement == "dedicated" else f"sharing GPUs 0-{ew - 1} with learners"
+            f"on the last {ew} GPUs"
+            if self.placement == "dedicated"
+            else f"sharing GPUs 0-{ew - 1} with learners"
         )
         return (
             f"world {self.world_size} = {self.nodes} nodes x {self.gpus_per_node} GPUs; "
@@ -191,7 +194,7 @@ def format_ranges(assignment: RoleAssignment) -> str:
         if g[0].learner is not None:
             lc = [r.learner for r in g if r.learner]
             parts.append(
-                f"learner pp{lc[0].pp}  tp {_span([c.tp for c in lc])}  dp {_span([c.dp for c in lc])}"
+                f"learner pp{lc[0].pp:<{len(str(assignment.pp - 1))}}  tp {_span([c.tp for c in lc])}  dp {_span([c.dp for c in lc])}"
             )
         if g[0].engine is not None:
             ec = [r.engine for r in g if r.engine]
@@ -205,9 +208,7 @@ def format_ranges(assignment: RoleAssignment) -> str:
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows
-    )
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def check_engine_model(model: ModelConfig, engine_tp: int) -> None:
@@ -237,9 +238,7 @@ def check_engine_model(model: ModelConfig, engine_tp: int) -> None:
 def _engine_ok(model: ModelConfig, n: int) -> bool:
     g = model.num_query_groups
     return (
-        model.num_attention_heads % n == 0
-        and model.ffn_hidden_size % n == 0
-        and (n % g == 0 or g % n == 0)
+        model.num_attention_heads % n == 0 and model.ffn_hidden_size % n == 0 and (n % g == 0 or g % n == 0)
     )
 
 
@@ -305,6 +304,8 @@ def assign_roles(
     check_engine_model(model, etp)
 
     mp = parallel.tp * parallel.pp
+    # shape checks first (heads / groups / layers vs TP and PP), whatever the world size
+    validate_layout(model, dataclasses.replace(parallel, dp=-1), mp)
     if rollout.placement == "dedicated":
         if engine_gpus >= world:
             raise LayoutError(
@@ -324,15 +325,9 @@ def assign_roles(
                 f"TP{parallel.tp} x PP{parallel.pp} = {mp}; options at {world} GPUs: "
                 f"{_suggest_engines(world, mp, etp)}"
             )
+        # engines fill the world from the end, so a multi-node engine (TP a multiple of the node
+        # size) starts on a node boundary and a small one (TP dividing the node) stays inside one
         start = learners
-        for e in range(ne):
-            lo = start + e * etp
-            if etp > gpus_per_node and lo % gpus_per_node:
-                raise LayoutError(
-                    f"engine {e} (TP{etp}) would start at rank {lo}, inside node {lo // gpus_per_node}; "
-                    f"a multi-node engine must start on a node boundary, so the learner GPUs ({learners}) "
-                    f"must be a multiple of {gpus_per_node}"
-                )
     else:
         if engine_gpus > world:
             raise LayoutError(
