@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -201,9 +202,17 @@ def init_refit_group(
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    return stateless_init_torch_distributed_process_group(
-        host, int(port), int(rank), int(world_size), backend=backend, timeout=timedelta(seconds=timeout_s)
-    )
+    # Under torchrun, TORCHELASTIC_USE_AGENT_STORE=True makes torch's tcp:// rendezvous connect
+    # every rank (rank 0 included) as a client to the elastic agent's store instead of letting
+    # rank 0 host it: nobody would host the refit group's store. Hide it for this rendezvous.
+    saved = os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    try:
+        return stateless_init_torch_distributed_process_group(
+            host, int(port), int(rank), int(world_size), backend=backend, timeout=timedelta(seconds=timeout_s)
+        )
+    finally:
+        if saved is not None:
+            os.environ["TORCHELASTIC_USE_AGENT_STORE"] = saved
 
 
 def destroy_refit_group(group) -> None:
@@ -332,6 +341,8 @@ def send_refit(
     _start_barrier(
         group, gdev, timeout_s, f"learner rank {rank}", _agreement_key(plan, bucket_bytes, checksums, dtype)
     )
+    stats["barrier_seconds"] = time.perf_counter() - t0  # waiting for the other members
+    t0 = time.perf_counter()
     with torch.no_grad():
         for bucket in buckets:
             per_recv: dict[tuple[int, int], list[Transfer]] = defaultdict(list)
@@ -495,6 +506,8 @@ def receive_refit(
         _receiver_label(plan, receiver),
         _agreement_key(plan, bucket_bytes, checksums, dtype),
     )
+    stats["barrier_seconds"] = time.perf_counter() - t0  # waiting for the other members
+    t0 = time.perf_counter()
     stream = tensors()
     load_fn(stream)
     for _ in stream:  # the loader must consume everything; drain (and fail) if it did not

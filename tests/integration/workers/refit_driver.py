@@ -85,7 +85,7 @@ def main() -> None:
             learner = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 for etp, eng in engines.items():
-                    eng.join_refit_group("127.0.0.1", ports[etp], specs[etp], timeout_s=300)
+                    eng.join_refit_group("127.0.0.1", ports[etp], specs[etp], timeout_s=180)
                 run = {"learner": layout, "engines": {}}
                 for round_ in range(2):
                     for etp, eng in engines.items():
@@ -109,6 +109,42 @@ def main() -> None:
                 raise RuntimeError(f"learner {layout} failed:\n" + (out / "learner.log").read_text()[-6000:])
             run["learner_ranks"] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(tp * pp)]
             result["runs"].append(run)
+        # the generation API on the refit weights: greedy and seeded sampling
+        from megatron_tulu.rollout.engine import SamplingSettings
+
+        prompts = [seq[:4] for seq in SEQUENCES]
+        result["generate"] = {}
+        for etp, eng in engines.items():
+            out = {}
+            for name, settings in (
+                ("greedy", SamplingSettings(temperature=0.0, max_new_tokens=6, ignore_eos=True)),
+                (
+                    "sampled",
+                    SamplingSettings(temperature=1.0, max_new_tokens=6, n=2, seed=11, ignore_eos=True),
+                ),
+            ):
+                rollouts = eng.generate(prompts, settings)
+                out[name] = [
+                    {
+                        "prompt_ids": r.prompt_ids,
+                        "token_ids": r.token_ids,
+                        "logprobs": r.logprobs,
+                        "finish_reason": r.finish_reason,
+                        "prompt_index": r.prompt_index,
+                        "sample_index": r.sample_index,
+                    }
+                    for r in rollouts
+                ]
+                out[name + "_rescored"] = eng.logprobs_of(
+                    [r.prompt_ids for r in rollouts], [r.token_ids for r in rollouts]
+                )
+            stop = out["greedy"][0]["token_ids"][2]
+            stopped = eng.generate(
+                prompts[:1], SamplingSettings(temperature=0.0, max_new_tokens=6, stop_token_ids=(stop,))
+            )
+            out["stopped"] = {"token_ids": stopped[0].token_ids, "finish_reason": stopped[0].finish_reason}
+            out["stop_token"] = stop
+            result["generate"][str(etp)] = out
     finally:
         for eng in engines.values():
             eng.close()

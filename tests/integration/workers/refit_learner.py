@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--engine", action="append", required=True, help="HOST:PORT:TP, repeatable")
     p.add_argument("--sequences", required=True, help="JSON list of token-id lists")
     p.add_argument("--bucket-bytes", type=int, default=1 << 20)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
