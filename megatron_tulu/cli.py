@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "preference optimisation (length-normalized DPO, cached reference)",
     ),
     "rlvr": ("megatron_tulu.algorithms.rlvr:main", "PPO/GRPO with verifiable rewards and vLLM rollouts"),
+    "pipeline": (
+        "megatron_tulu.algorithms.pipeline:main",
+        "SFT -> DPO -> RLVR with held-out accuracy per stage",
+    ),
     "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
     "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
     "plan-refit": (

@@ -474,7 +474,12 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
     value = vopt = vsched = None
     if rl.estimator == "gae":
         value = build_value_model(
-            cfg.model, cfg.parallel, cfg.precision, backbone_hf=hf_source, reward_model_hf=rl.value_model
+            cfg.model,
+            cfg.parallel,
+            cfg.precision,
+            backbone_hf=hf_source,
+            reward_model_hf=rl.value_model,
+            seed=cfg.train.seed,
         )
         vcfg = dataclasses.replace(cfg.optimizer, lr=rl.value_lr or cfg.optimizer.lr)
         vopt = build_optimizer(value, vcfg, cfg.parallel, cfg.precision)

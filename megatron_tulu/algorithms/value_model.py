@@ -22,10 +22,11 @@ from megatron_tulu.models.hf_io import SafetensorsReader, load_hf_weights
 class ScalarHead(torch.nn.Module):
     """Drop-in for GPTModel.output_layer: ``(hidden [s,b,h]) -> (values [s,b,1], None)``."""
 
-    def __init__(self, hidden: int, std: float):
+    def __init__(self, hidden: int, std: float, seed: int):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.empty(1, hidden))
-        torch.nn.init.normal_(self.weight, std=std)
+        # Own generator: the same head on every TP rank and in every layout.
+        gen = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(1, hidden, generator=gen) * std)
 
     def forward(self, hidden_states: torch.Tensor, weight=None, runtime_gather_output=None):
         return torch.nn.functional.linear(hidden_states, self.weight.to(hidden_states.dtype)), None
@@ -38,6 +39,7 @@ def build_value_model(
     *,
     backbone_hf: str | os.PathLike,
     reward_model_hf: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> list[torch.nn.Module]:
     """Value model chunks (DDP-wrapped) on this rank's pipeline stage(s)."""
     chunks = build_model(model_cfg, parallel, precision, wrap_ddp=False)
@@ -48,7 +50,7 @@ def build_value_model(
         if not gpt.post_process:
             continue
         # Tülu 3 RM head init: N(0, 1/sqrt(d_model + 1))
-        head = ScalarHead(model_cfg.hidden_size, std=1.0 / (model_cfg.hidden_size + 1) ** 0.5)
+        head = ScalarHead(model_cfg.hidden_size, std=1.0 / (model_cfg.hidden_size + 1) ** 0.5, seed=seed)
         if reward_model_hf is not None:
             head.weight.data.copy_(
                 SafetensorsReader(reward_model_hf).get("score.weight", (1, model_cfg.hidden_size))

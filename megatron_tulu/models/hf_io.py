@@ -180,7 +180,10 @@ def iter_global_params(chunks: list[torch.nn.Module]) -> Iterator[tuple[str, int
 
 @torch.no_grad()
 def load_hf_weights(
-    chunks: list[torch.nn.Module], cfg: ModelConfig, hf_dir: str | os.PathLike, skip: frozenset[str] = frozenset()
+    chunks: list[torch.nn.Module],
+    cfg: ModelConfig,
+    hf_dir: str | os.PathLike,
+    skip: frozenset[str] = frozenset(),
 ) -> None:
     """Copy this rank's shards of every parameter (except chunk-local names in ``skip``) out of an HF dir."""
     reader = SafetensorsReader(hf_dir)

@@ -1,0 +1,82 @@
+"""Worker: one PPO (or GRPO) update from fixed synthetic rollouts at a given layout (no vLLM)."""
+
+import argparse
+import random
+
+import torch
+
+from megatron_tulu.algorithms.rlvr import RolloutSample, ppo_updates, prepare_batch
+from megatron_tulu.algorithms.value_model import build_value_model
+from megatron_tulu.config.schema import ParallelConfig, RLVRRunConfig
+from megatron_tulu.engine.model import build_model
+from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
+from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+from megatron_tulu.engine.train_step import prepare_model_for_training
+from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights, model_config_from_hf
+
+
+def rollouts(vocab: int, n: int, group: int) -> list[RolloutSample]:
+    rng = random.Random(5)
+    out = []
+    for i in range(n):
+        prompt = [rng.randrange(5, vocab) for _ in range(rng.randint(4, 10))]
+        resp = [rng.randrange(5, vocab) for _ in range(rng.randint(3, 12))]
+        correct = float(rng.random() < 0.5)
+        out.append(
+            RolloutSample(
+                prompt,
+                resp,
+                rng.choice(["stop", "stop", "length"]),
+                10.0 * correct,
+                correct,
+                "gsm8k",
+                i // group,
+            )
+        )
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--hf", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--estimator", default="gae")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    cfg = RLVRRunConfig()
+    cfg.model = model_config_from_hf(args.hf)
+    cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp)
+    cfg.rlvr.estimator, cfg.rlvr.ppo_epochs, cfg.rlvr.num_mini_batches = args.estimator, 2, 2
+    cfg.rollout.samples_per_prompt = 2 if args.estimator == "grpo" else 1
+    cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens = 12, 12
+    cfg.train.micro_batch_size = 2
+    cfg.optimizer.lr, cfg.optimizer.warmup_ratio, cfg.optimizer.adam_eps = 1e-3, 0.0, 1e-4
+    info = init_parallel(cfg.model, cfg.parallel, seed=3)
+    policy = build_model(cfg.model, cfg.parallel, cfg.precision)
+    load_hf_weights(policy, cfg.model, args.hf)
+    reference = build_model(cfg.model, cfg.parallel, cfg.precision, wrap_ddp=False)
+    load_hf_weights(reference, cfg.model, args.hf)
+    popt = build_optimizer(policy, cfg.optimizer, cfg.parallel, cfg.precision)
+    psched = build_scheduler(popt, cfg.optimizer, 4)
+    prepare_model_for_training(policy, popt)
+    value = vopt = vsched = None
+    if args.estimator == "gae":
+        torch.manual_seed(0)  # same fresh head on every layout
+        value = build_value_model(cfg.model, cfg.parallel, cfg.precision, backbone_hf=args.hf)
+        vopt = build_optimizer(value, cfg.optimizer, cfg.parallel, cfg.precision)
+        vsched = build_scheduler(vopt, cfg.optimizer, 4)
+        prepare_model_for_training(value, vopt)
+    samples = rollouts(cfg.model.vocab_size, 8, cfg.rollout.samples_per_prompt)
+    data, stats = prepare_batch(cfg, samples, policy, reference, value, 1, info)
+    upd = ppo_updates(cfg, data, policy, value, popt, vopt, psched, vsched, 0, info)
+    weights = collect_hf_state_on_rank0(policy, cfg.model)
+    if info.rank == 0:
+        torch.save(
+            {"stats": stats, "updates": upd, "advantages": data["advantages"], "weights": weights}, args.out
+        )
+    destroy_parallel()
+
+
+if __name__ == "__main__":
+    main()
