@@ -91,6 +91,8 @@ class Rollouts:
     def __init__(self, cfg: RLVRRunConfig, hf_source: str, tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.engine = None
+        self.version = 0  # policy updates the engine's weights include (advanced by Refitter)
+        self.pending_version = 0
         self.pending: threading.Thread | None = None
         self._result: list[RolloutSample] | None = None
         if is_rank0():
@@ -155,18 +157,20 @@ class Rollouts:
         if self.engine is None:
             return
 
+        self.pending_version = self.version
+
         def run() -> None:
             self._result = self._generate(prompts, seed, greedy, n)
 
         self.pending = threading.Thread(target=run, name="rollouts")
         self.pending.start()
 
-    def collect(self) -> list[RolloutSample]:
-        """Wait for the batch started last and share it with every learner rank."""
+    def collect(self) -> tuple[list[RolloutSample], int]:
+        """Wait for the batch started last; share it (and the policy version that generated it)."""
         holder: list[Any] = [None]
         if self.engine is not None:
             self.pending.join()
-            holder[0] = self._result
+            holder[0] = (self._result, self.pending_version)
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
@@ -210,6 +214,7 @@ class Refitter:
         self.learner.send(chunks, bucket_bytes=self.bucket)
         if future is not None:
             future.result()
+        self.rollouts.version += 1
         return time.perf_counter() - t0
 
     def close(self) -> None:
@@ -337,7 +342,7 @@ def rollout_metrics(samples: Sequence[RolloutSample], prefix: str = "") -> dict[
 def evaluate(rollouts: Rollouts, heldout: list[dict[str, Any]], seed: int) -> dict[str, float]:
     """Greedy held-out verifiable reward/accuracy with the engine's current weights."""
     rollouts.start(heldout, seed=seed, greedy=True)
-    return rollout_metrics(rollouts.collect(), prefix="eval/")
+    return rollout_metrics(rollouts.collect()[0], prefix="eval/")
 
 
 # --------------------------------------------------------------------------------------- train
@@ -491,13 +496,14 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
     if cfg.checkpoint.resume and (latest := find_latest(ckpt_root)) is not None:
         extra = load_checkpoint(latest, policy, popt, psched)
         if value is not None:
-            load_checkpoint(latest / "value", value, vopt, vsched) if (latest / "value").exists() else None
+            load_checkpoint(latest / "value", value, vopt, vsched)
         start, pending = int(extra["step"]), extra.get("pending_rollouts")
 
     rollouts = Rollouts(cfg, hf_source, tokenizer)
     refitter = Refitter(cfg, policy, rollouts)
     if start > 0:
         refitter.refit(policy)  # the engine starts from the HF weights; bring it to the checkpoint
+        rollouts.version = start
     logger = MetricsLogger(out_dir, cfg.logging, resume_step=start)
     history: list[dict[str, Any]] = []
     if start == 0:
@@ -518,9 +524,9 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
         bar = tqdm(total=total_steps, initial=start, desc="rlvr", dynamic_ncols=True)
     if pending is None:
         begin(start)
-        samples = rollouts.collect()
-    else:
-        samples = [RolloutSample(**s) for s in pending]
+        samples, version = rollouts.collect()
+    else:  # async resume: the batch generated before the checkpoint, with its policy version
+        samples, version = [RolloutSample(**s) for s in pending["samples"]], pending["version"]
     for step in range(start, total_steps):
         t0 = time.perf_counter()
         gen_seconds = 0.0
@@ -531,13 +537,13 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
         train_seconds = time.perf_counter() - t0
         if rl.async_mode and step + 1 < total_steps:
             t1 = time.perf_counter()
-            next_samples = rollouts.collect()
+            next_samples, next_version = rollouts.collect()
             gen_seconds = time.perf_counter() - t1
         refit_seconds = refitter.refit(policy)
         if not rl.async_mode and step + 1 < total_steps:
             t1 = time.perf_counter()
             begin(step + 1)  # on-policy: generated with the weights after this update
-            next_samples = rollouts.collect()
+            next_samples, next_version = rollouts.collect()
             gen_seconds = time.perf_counter() - t1
         row = {
             **rollout_metrics(samples),
@@ -547,6 +553,8 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
             "seconds/train": train_seconds,
             "seconds/refit": refit_seconds,
             "seconds/generate_wait": gen_seconds,
+            "rollout/policy_version": version,  # updates included in the weights that generated the batch
+            "rollout/staleness": step - version,
         }
         if rl.eval_every and ((step + 1) % rl.eval_every == 0 or step + 1 == total_steps):
             row.update(evaluate(rollouts, heldout, cfg.train.seed))
@@ -555,10 +563,11 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward/all']:.2f}", kl=f"{row['kl']:.3f}")
-        samples = next_samples if step + 1 < total_steps else samples
+        if step + 1 < total_steps:
+            samples, version = next_samples, next_version
         interval = cfg.checkpoint.save_interval
         if interval and (step + 1) % interval == 0 and step + 1 < total_steps:
-            _save(cfg, ckpt_root, step + 1, policy, popt, psched, value, vopt, vsched, samples)
+            _save(cfg, ckpt_root, step + 1, policy, popt, psched, value, vopt, vsched, (samples, version))
         crash_point("kill_after_step", step + 1)
     if bar is not None:
         bar.close()
@@ -584,11 +593,12 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
 def _save(cfg, root, step, policy, popt, psched, value, vopt, vsched, pending) -> None:
     """Policy (+ its optimizer/scheduler, data position, RNG, pending async batch), then the value model."""
     meta = {"model": dataclasses.asdict(cfg.model), "algorithm": "rlvr"}
-    extra = {
-        "pending_rollouts": [dataclasses.asdict(s) for s in pending]
-        if (pending and cfg.rlvr.async_mode)
-        else None
-    }
+    extra = {"pending_rollouts": None}
+    if pending is not None and cfg.rlvr.async_mode:  # generated before this checkpoint's update: keep it
+        extra["pending_rollouts"] = {
+            "samples": [dataclasses.asdict(s) for s in pending[0]],
+            "version": pending[1],
+        }
     path = save_checkpoint(
         root, step, policy, popt, psched, extra=extra, keep_last=cfg.checkpoint.keep_last, meta=meta
     )
