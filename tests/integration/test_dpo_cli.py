@@ -90,10 +90,7 @@ def test_reference_cache_hit_and_invalidation(tiny, tmp_path):
     assert first["ref_cache_hit"] is False and second["ref_cache_hit"] is True
     assert len(list(cache.glob("ref_logps_*.pt"))) == 1
     assert [r["loss"] for r in _rows(tmp_path / "a")] == [r["loss"] for r in _rows(tmp_path / "b")]
-    # uncached reference (a fresh cache dir) gives the same losses as the cached one
-    fresh = _summary(_dpo(tmp_path / "c", tiny / "s0", ref_cache=tmp_path / "other"))
-    assert fresh["ref_cache_hit"] is False
-    assert [r["loss"] for r in _rows(tmp_path / "c")] == [r["loss"] for r in _rows(tmp_path / "a")]
+    # run a computed the reference (uncached), run b read it from the cache: identical losses
 
     subset = tmp_path / "subset.jsonl"
     subset.write_text("".join(SHIPPED.read_text().splitlines(keepends=True)[:200]))
