@@ -16,6 +16,7 @@ TP x PP layout loads at another. Per-rank RNG states are restored only when the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -87,7 +88,11 @@ def _full_state_dict(
 ) -> dict[str, Any]:
     state = model_sharded_state_dict(model_chunks)
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading)
+        # Megatron's DistributedOptimizer defaults to a flattened-range format that this
+        # dist_checkpointing release rejects; "fully_reshardable" also reshards across TP/PP/DP.
+        state["optimizer"] = optimizer.sharded_state_dict(
+            state, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"}
+        )
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     state["extra"] = extra
@@ -173,6 +178,57 @@ def find_latest(root: str | os.PathLike) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _materialize_optimizer_state(optimizer: MegatronOptimizer) -> None:
+    """Give a fresh DistributedOptimizer its Adam state before a load.
+
+    Without Apex/TE, ``DistributedOptimizer.state_dict()`` (called while building the loading
+    state dict) needs torch's per-parameter ``step``; Megatron only creates placeholder state for
+    its FSDP format. The placeholder step runs with lr = weight decay = 0, so no parameter moves,
+    and every value is then overwritten by the checkpoint.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None or inner.state or not hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+            continue
+        saved = [(g["lr"], g.get("weight_decay", 0.0)) for g in inner.param_groups]
+        for g in inner.param_groups:
+            g["lr"], g["weight_decay"] = 0.0, 0.0
+        opt._init_optimizer_states_with_dummy_values()
+        for g, (lr, wd) in zip(inner.param_groups, saved):
+            g["lr"], g["weight_decay"] = lr, wd
+
+
+@contextlib.contextmanager
+def _torch_adam_step_kept_aside(optimizer: MegatronOptimizer):
+    """Work around megatron-core 0.16.1 + torch AdamW (no Apex/TE) in the DistributedOptimizer:
+    ``load_parameter_state_from_fully_reshardable`` copies every key of the live Adam state from
+    the checkpoint, but ``step`` is restored separately and is not in the checkpointed tensors.
+    Hide ``step`` while each parameter's state is copied, then put it back."""
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not hasattr(opt, "_set_main_param_and_optimizer_states"):
+            continue
+        original = opt._set_main_param_and_optimizer_states
+
+        def copy_without_step(model_param, tensors, _opt=opt, _orig=original):
+            group_index, group_order = _opt.model_param_group_index_map[model_param]
+            state = _opt.optimizer.state[_opt.optimizer.param_groups[group_index]["params"][group_order]]
+            step = state.pop("step", None) if "step" not in tensors else None
+            try:
+                _orig(model_param, tensors)
+            finally:
+                if step is not None:
+                    state["step"] = step
+
+        opt._set_main_param_and_optimizer_states = copy_without_step
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states  # back to the class method
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Metadata of a checkpoint directory or of the latest checkpoint under a root."""
     path = Path(path)
@@ -197,6 +253,8 @@ def load_checkpoint(
     meta = json.loads((path / META).read_text())
     world = dist.get_world_size() if dist.is_initialized() else 1
     same_world = meta.get("world_size") == world
+    if optimizer is not None:
+        _materialize_optimizer_state(optimizer)
     state = _full_state_dict(model_chunks, optimizer, scheduler, {}, is_loading=True, with_rng=same_world)
     if scheduler is None:
         state.pop("scheduler", None)
@@ -205,7 +263,8 @@ def load_checkpoint(
         key = "model" if len(model_chunks) == 1 else f"model{i}"
         unwrap(chunk).load_state_dict(loaded[key], strict=False)
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        with _torch_adam_step_kept_aside(optimizer):
+            optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None and "scheduler" in loaded:
         scheduler.load_state_dict(loaded["scheduler"])
     if same_world and "rng_state" in loaded:
