@@ -76,7 +76,9 @@ def _dpo(out, model, *extra, nproc=1, fault=None, data=None, ref_cache=None):
 def _summary(proc):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = "\n" + proc.stdout
-    return json.loads(out[out.rindex("\n{\n") + 1 :])  # the pretty-printed summary is last
+    # the pretty-printed summary starts at the last "{" line; other ranks may print after it
+    summary, _ = json.JSONDecoder().raw_decode(out[out.rindex("\n{\n") + 1 :])
+    return summary
 
 
 def _rows(out):

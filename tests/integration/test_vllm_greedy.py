@@ -51,7 +51,8 @@ def test_megatron_export_greedy_matches_vllm(tmp_path):
                 "parallel.tp=2",
             ],
         )
-        megatron.append(json.loads(out.strip().splitlines()[-1])["new_token_ids"])
+        line = next(x for x in reversed(out.splitlines()) if x.startswith('{"prompt_ids"'))
+        megatron.append(json.loads(line)["new_token_ids"])
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_LOGGING_LEVEL="WARNING")
     cmd = [sys.executable, str(REPO / "tests/integration/workers/vllm_greedy.py"), "--model", str(exported)]
