@@ -39,10 +39,18 @@ def ensure_model_source(cfg: RunConfig) -> str:
     if cfg.model.name != "tiny":
         raise ValueError(f"model '{cfg.model.name}' needs model.hf_path (a local HF Llama directory)")
     path = Path(cfg.train.output_dir) / "tiny_init"
-    if is_rank0() and not (path / "config.json").is_file():
+    # Called before torch.distributed exists (the model config decides the layout checks), so
+    # rank 0 builds and the other torchrun ranks wait for the atomically renamed directory.
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    if rank == 0 and not (path / "config.json").is_file():
         from megatron_tulu.models.tiny import build_tiny_model
 
         build_tiny_model(path, seed=cfg.train.seed)
+    deadline = time.monotonic() + 600
+    while not (path / "config.json").is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank}: {path} was not built by rank 0 within 600 s")
+        time.sleep(0.2)
     barrier()
     return str(path)
 
