@@ -42,9 +42,9 @@ def route_overrides(argv: list[str]) -> tuple[str, dict[str, list[str]]]:
 
 def evaluate_hf(hf_dir: str, heldout_file: str, max_new_tokens: int, seed: int = 0) -> dict[str, float]:
     """Greedy held-out generations of an HF model in vLLM, scored by the verifiers."""
-    from megatron_tulu.algorithms.rlvr import RolloutSample, load_prompts, rollout_metrics
+    from megatron_tulu.algorithms.rlvr import load_prompts, rollout_metrics, score_outputs
     from megatron_tulu.data.tokenizer import load_tokenizer
-    from megatron_tulu.rewards import compute_rewards
+    from megatron_tulu.rewards import DEFAULT_ALPHA, DEFAULT_NO_EOS_PENALTY
     from megatron_tulu.rollout.engine import RolloutEngine, SamplingSettings
 
     tokenizer = load_tokenizer(hf_dir)
@@ -61,32 +61,7 @@ def evaluate_hf(hf_dir: str, heldout_file: str, max_new_tokens: int, seed: int =
                 stop_token_ids=(tokenizer.eos_token_id,),
             ),
         )
-    texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
-    rewards = compute_rewards(
-        [
-            {
-                "response": t,
-                "ground_truth": prompts[o.prompt_index]["ground_truth"],
-                "dataset": prompts[o.prompt_index]["dataset"],
-                "prompt": prompts[o.prompt_index]["prompt"],
-                "finish_reason": o.finish_reason,
-            }
-            for o, t in zip(outs, texts)
-        ],
-        workers=2,
-    )
-    samples = [
-        RolloutSample(
-            list(o.prompt_ids),
-            list(o.token_ids),
-            o.finish_reason,
-            r.reward,
-            r.score,
-            r.dataset,
-            o.prompt_index,
-        )
-        for o, r in zip(outs, rewards)
-    ]
+    samples = score_outputs(outs, prompts, tokenizer, DEFAULT_ALPHA, DEFAULT_NO_EOS_PENALTY)
     return rollout_metrics(samples)
 
 

@@ -85,6 +85,38 @@ def load_prompts(files: Sequence[str], tokenizer, max_prompt_len: int) -> list[d
 
 
 # ------------------------------------------------------------------------------------- rollouts
+def score_outputs(outs, prompts, tokenizer, alpha: float, no_eos_penalty: float) -> list[RolloutSample]:
+    """Decode engine outputs and score them with the verifier registry (alpha, no-EOS penalty)."""
+    texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
+    rewards = compute_rewards(
+        [
+            {
+                "response": t,
+                "ground_truth": prompts[o.prompt_index]["ground_truth"],
+                "dataset": prompts[o.prompt_index]["dataset"],
+                "prompt": prompts[o.prompt_index]["prompt"],
+                "finish_reason": o.finish_reason,
+            }
+            for o, t in zip(outs, texts)
+        ],
+        alpha=alpha,
+        no_eos_penalty=no_eos_penalty,
+        workers=2,
+    )
+    return [
+        RolloutSample(
+            list(o.prompt_ids),
+            list(o.token_ids),
+            o.finish_reason,
+            r.reward,
+            r.score,
+            r.dataset,
+            o.prompt_index,
+        )
+        for o, r in zip(outs, rewards)
+    ]
+
+
 class Rollouts:
     """Rank 0 owns the vLLM engine client; the engine's work runs in vLLM's own processes."""
 
@@ -123,34 +155,7 @@ class Rollouts:
             stop_token_ids=(self.tokenizer.eos_token_id,),
         )
         outs = self.engine.generate([p["ids"] for p in prompts], settings)
-        texts = [self.tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
-        rewards = compute_rewards(
-            [
-                {
-                    "response": t,
-                    "ground_truth": prompts[o.prompt_index]["ground_truth"],
-                    "dataset": prompts[o.prompt_index]["dataset"],
-                    "prompt": prompts[o.prompt_index]["prompt"],
-                    "finish_reason": o.finish_reason,
-                }
-                for o, t in zip(outs, texts)
-            ],
-            alpha=self.cfg.rlvr.alpha,
-            no_eos_penalty=self.cfg.rlvr.no_eos_penalty,
-            workers=2,
-        )
-        return [
-            RolloutSample(
-                list(o.prompt_ids),
-                list(o.token_ids),
-                o.finish_reason,
-                r.reward,
-                r.score,
-                r.dataset,
-                o.prompt_index,
-            )
-            for o, r in zip(outs, rewards)
-        ]
+        return score_outputs(outs, prompts, self.tokenizer, self.cfg.rlvr.alpha, self.cfg.rlvr.no_eos_penalty)
 
     def start(self, prompts: list[dict[str, Any]], seed: int, greedy: bool = False, n: int = 1) -> None:
         """Begin generating (rank 0, in a background thread so training can overlap)."""
