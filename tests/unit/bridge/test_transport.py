@@ -287,7 +287,9 @@ def test_sender_raises_when_a_receiver_fails_mid_refit(mode):
         msg = str(info.value)
         print(f"sender raised after {elapsed:.1f} s: {msg}")
         assert "bucket 1/" in msg and "vLLM engine 0 rank 0" in msg, msg
-        assert elapsed < timeout + 5, elapsed
+        if mode == "hang":
+            # the sender gave up on its own timeout while the receiver is still asleep (120 s)
+            assert proc.poll() is None
         if mode == "die":
             assert proc.wait(timeout=30) == 3
         else:
