@@ -24,10 +24,10 @@ from megatron_tulu.algorithms.loop import (
     BatchOrder,
     MetricsLogger,
     Throughput,
-    barrier,
     check_batch_geometry,
     ensure_model_source,
     is_rank0,
+    rank0_first,
     resume_step,
     save_config,
     split_for_rank,
@@ -177,11 +177,7 @@ def train_dpo(cfg: DPORunConfig) -> dict[str, Any]:
             files, tokenizer, max_seq_len=max_len, skip_bad=cfg.data.skip_bad, cache_dir=cfg.data.cache_dir
         )
 
-    if is_rank0():
-        pairs, report = load()
-    barrier()
-    if not is_rank0():
-        pairs, report = load()
+    pairs, report = rank0_first(load)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None
     mode = cfg.dpo.forward_mode

@@ -26,6 +26,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+def rank0_first(load):
+    """Run ``load()`` on rank 0, then on the other ranks, so they hit the cache rank 0 filled."""
+    result = load() if is_rank0() else None
+    barrier()
+    return result if is_rank0() else load()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -24,10 +24,10 @@ from megatron_tulu.algorithms.loop import (
     BatchOrder,
     MetricsLogger,
     Throughput,
-    barrier,
     check_batch_geometry,
     ensure_model_source,
     is_rank0,
+    rank0_first,
     resume_step,
     save_config,
     split_for_rank,
@@ -128,11 +128,7 @@ def build_rows(cfg: SFTRunConfig, tokenizer) -> tuple[Any, dict[str, Any]]:
         truncate=cfg.data.truncate,
         cache_dir=cfg.data.cache_dir,
     )
-    if is_rank0():
-        examples, report = load()
-    barrier()
-    if not is_rank0():
-        examples, report = load()
+    examples, report = rank0_first(load)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     info = {"data_report": report.summary(), "examples": len(examples), "skipped": report.skipped.total}
     if cfg.data.packing:
