@@ -114,7 +114,8 @@ def train_flops_per_token(model_cfg: ModelConfig, seq_len: int) -> float:
 
 
 class MetricsLogger:
-    """JSONL + TensorBoard on rank 0. On resume, JSONL entries after the resumed step are dropped."""
+    """JSONL + TensorBoard on rank 0. On resume, JSONL entries after the resumed step are dropped;
+    a fresh run (``resume_step == 0``) starts an empty file rather than appending to an old run's."""
 
     def __init__(self, out_dir: str | os.PathLike, cfg: LoggingConfig, resume_step: int = 0):
         self.enabled = is_rank0()
@@ -128,7 +129,7 @@ class MetricsLogger:
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                if resume_step > 0 and line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
         if cfg.tensorboard:

@@ -5,12 +5,16 @@ Stage configs come from hydra_conf/{sft,dpo,rlvr}.yaml; overrides are routed by 
 ``sft.<key>=v``, ``dpo.<key>=v``, ``rlvr.<key>=v`` go to that stage's config (e.g.
 ``sft.train.train_iters=10``, ``rlvr.rlvr.prompts_per_step=32``); ``model.*``, ``parallel.*`` and
 ``precision.*`` go to every stage.
+
+Embedded defaults on top of those files (``PIPELINE_DEFAULTS``; any override wins): SFT runs 8
+epochs, enough for the 5M-parameter tiny model to end its answers with EOS.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +24,12 @@ from megatron_tulu.config.schema import DPORunConfig, RLVRRunConfig, SFTRunConfi
 
 STAGES = (("sft", SFTRunConfig), ("dpo", DPORunConfig), ("rlvr", RLVRRunConfig))
 SHARED = ("model.", "parallel.", "precision.", "model=", "parallel=")
+PIPELINE_DEFAULTS: dict[str, list[str]] = {"sft": ["sft.epochs=8"], "dpo": [], "rlvr": []}
 
 
 def route_overrides(argv: list[str]) -> tuple[str, dict[str, list[str]]]:
-    out_dir, per_stage = "outputs/pipeline", {name: [] for name, _ in STAGES}
+    out_dir = "outputs/pipeline"
+    per_stage = {name: list(PIPELINE_DEFAULTS[name]) for name, _ in STAGES}
     for arg in argv:
         if arg.startswith("output_dir="):
             out_dir = arg.split("=", 1)[1]
@@ -72,35 +78,38 @@ def run_pipeline(argv: list[str]) -> dict[str, Any]:
 
     out_dir, per_stage = route_overrides(argv)
     root = Path(out_dir)
-    sft_cfg = load_config(
-        [f"train.output_dir={root / 'sft'}", *per_stage["sft"]], config_name="sft", schema=SFTRunConfig
-    )
-    train_sft(sft_cfg)
-    sft_hf = str(root / "sft" / "hf")
-    dpo_cfg = load_config(
-        [f"train.output_dir={root / 'dpo'}", f"model.hf_path={sft_hf}", *per_stage["dpo"]],
-        config_name="dpo",
-        schema=DPORunConfig,
-    )
-    train_dpo(dpo_cfg)
-    dpo_hf = str(root / "dpo" / "hf")
-    rlvr_cfg = load_config(
-        [f"train.output_dir={root / 'rlvr'}", f"model.hf_path={dpo_hf}", *per_stage["rlvr"]],
-        config_name="rlvr",
-        schema=RLVRRunConfig,
-    )
-    rlvr_summary = train_rlvr(rlvr_cfg)
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, schema, source: str | None, train) -> dict[str, Any]:
+        overrides = [f"train.output_dir={root / name}", *per_stage[name]]
+        if source is not None:
+            overrides.insert(1, f"model.hf_path={source}")
+        cfg = load_config(overrides, config_name=name, schema=schema)
+        t0 = time.perf_counter()
+        result = train(cfg)
+        seconds[name] = time.perf_counter() - t0
+        return {"cfg": cfg, "result": result}
+
+    sft_hf, dpo_hf = str(root / "sft" / "hf"), str(root / "dpo" / "hf")
+    stage("sft", SFTRunConfig, None, train_sft)
+    stage("dpo", DPORunConfig, sft_hf, train_dpo)
+    rlvr = stage("rlvr", RLVRRunConfig, dpo_hf, train_rlvr)
+    rlvr_cfg, rlvr_summary = rlvr["cfg"], rlvr["result"]
+    if "hf_export" not in rlvr_summary:
+        raise SystemExit("pipeline: the RLVR stage must export its policy (drop rlvr.rlvr.export_hf=false)")
     heldout = (rlvr_cfg.rlvr.heldout_files or [str(ASSETS / "rlvr_heldout.jsonl")])[0]
-    rows = {}
+    rows: dict[str, dict[str, float]] = {}
     if is_rank0():
+        # every stage scored the same way: a fresh engine on the exported HF weights, greedy
         n = rlvr_cfg.rollout.max_new_tokens
+        exports = {"sft": sft_hf, "dpo": dpo_hf, "rlvr": rlvr_summary["hf_export"]}
         rows = {
-            "sft": evaluate_hf(sft_hf, heldout, n),
-            "dpo": evaluate_hf(dpo_hf, heldout, n),
-            "rlvr": evaluate_hf(rlvr_summary["hf_export"], heldout, n),
+            name: {**evaluate_hf(path, heldout, n), "minutes": seconds[name] / 60}
+            for name, path in exports.items()
         }
-        (root / "summary.json").write_text(json.dumps(rows, indent=2))
+        (root / "summary.json").write_text(json.dumps({"heldout": heldout, "stages": rows}, indent=2))
         print_table(rows)
+        print(f"curves: {root / 'rlvr' / 'curves.png'}; summary: {root / 'summary.json'}")
     return rows
 
 
@@ -108,9 +117,9 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
     keys = [
         k
         for k in next(iter(rows.values()))
-        if k.startswith(("accuracy/", "reward/")) or k in ("no_eos_share", "response_length")
+        if k.startswith(("accuracy/", "reward/")) or k in ("no_eos_share", "response_length", "minutes")
     ]
-    print("\nheld-out verifiable results (greedy)")
+    print("\nheld-out verifiable results (greedy), after each stage")
     print(f"{'metric':<24}" + "".join(f"{s:>10}" for s in rows))
     for k in keys:
         print(f"{k:<24}" + "".join(f"{rows[s][k]:>10.3f}" for s in rows))

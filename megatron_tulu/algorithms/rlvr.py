@@ -37,7 +37,7 @@ from megatron_tulu.algorithms.loop import (
     is_rank0,
     save_config,
 )
-from megatron_tulu.algorithms.rollout_batch import RolloutSample, build_rollout_tensors
+from megatron_tulu.algorithms.rollout_batch import RolloutSample, build_rollout_tensors, row_length
 from megatron_tulu.algorithms.value_model import build_value_model
 from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import RLVRRunConfig
@@ -356,7 +356,8 @@ def prepare_batch(
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Tensors of this DP rank's share of the batch, with old/ref log-probs, values, advantages."""
     ro, rl = cfg.rollout, cfg.rlvr
-    length = ro.max_prompt_len + ro.max_new_tokens
+    # computed from the whole batch, so every rank agrees; 16*TP keeps sequence parallelism legal
+    length = row_length(samples, 16 * info.tp, ro.max_prompt_len + ro.max_new_tokens)
     share = len(samples) // info.dp
     mine = samples[info.dp_rank * share : (info.dp_rank + 1) * share]
     data = build_rollout_tensors(mine, length, pad_id)

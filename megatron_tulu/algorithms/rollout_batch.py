@@ -1,7 +1,8 @@
 """Turn rollouts into learner tensors: prompt + response rows, targets and response masks.
 
-Row ``i`` holds ``prompt_i + response_i`` right-padded to a fixed length (pipeline stages exchange
-static shapes). Position ``t`` predicts token ``t+1``, so the response token at row position
+Row ``i`` holds ``prompt_i + response_i`` right-padded to the step's row length: the longest row of
+the whole step batch rounded up (``row_length``), so every rank (TP, PP stages, DP replicas) uses the
+same shape while short responses do not pay for the configured maximum. Position ``t`` predicts token ``t+1``, so the response token at row position
 ``p + j`` is scored by the logits at ``p + j - 1``: ``mask[t] = 1`` for ``t`` in
 ``[p - 1, p + len(response) - 1)``. Every per-token PPO tensor (log-probs, values, rewards,
 advantages) uses this mask; its last valid position is the last response token.
@@ -24,6 +25,14 @@ class RolloutSample:
     correct: float  # raw verifier score in [0, 1]
     dataset: str
     prompt_index: int
+
+
+def row_length(samples: Sequence[RolloutSample], multiple: int, cap: int) -> int:
+    """Longest ``prompt + response`` of the step batch rounded up to ``multiple`` (sequence
+    parallelism needs a multiple of TP), but not past ``cap`` (the configured prompt + response
+    maximum) unless a row itself is longer."""
+    longest = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    return max(min(-(-longest // multiple) * multiple, cap), longest)
 
 
 def build_rollout_tensors(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -51,13 +52,20 @@ def init_distributed(timeout_minutes: int = 30) -> None:
     """Join the torchrun world (or make a world of one). NCCL on CUDA, gloo otherwise."""
     if dist.is_initialized():
         return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29511")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     device_for_rank()
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if "MASTER_PORT" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group(backend=backend, timeout=timeout)
+        return
+    # A world of one outside torchrun: a fresh port each time, so back-to-back runs (or stages of
+    # one pipeline process) never collide with a store port still in TIME_WAIT.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group(
+        backend=backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1, timeout=timeout
+    )
 
 
 def init_parallel(model: ModelConfig, parallel: ParallelConfig, seed: int = 1234) -> ParallelInfo:

@@ -138,6 +138,13 @@ class RolloutEngine:
         )
         if kv_cache_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
+        if not torch.cuda.is_available():
+            # A prompt whose prefill is split across scheduler steps has its sampled token
+            # discarded, and vLLM then rewinds that request's seeded generator with
+            # Generator.set_offset, which CPU generators lack ("CPU Generator does not use
+            # offset": the engine dies). Whole prefills only; the budget must fit the longest one.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(8192, max_model_len or 0)
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0

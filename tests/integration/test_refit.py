@@ -108,6 +108,7 @@ def test_generate_returns_tokens_logprobs_and_finish_reasons(refit_run, etp):
             # the sampled token's log-prob equals re-scoring the continuation (raw log-probs)
             assert max_abs_diff([r["logprobs"]], [rescored]) < ATOL
     assert gen["stopped"]["finish_reason"] == "stop"
+    assert gen["big_batch"]  # every seeded sample of a batch larger than one prefill step came back
     first = greedy[0]["token_ids"]
     assert gen["stopped"]["token_ids"] == first[: first.index(gen["stop_token"]) + 1]
     # engines of different TP hold the same weights: same greedy continuation

@@ -144,6 +144,13 @@ def main() -> None:
             )
             out["stopped"] = {"token_ids": stopped[0].token_ids, "finish_reason": stopped[0].finish_reason}
             out["stop_token"] = stop
+            # seeded sampling over more prefill tokens than one scheduler step takes (160 x 64 >
+            # 8192): on CPU a split prefill used to kill the engine (CPU generators have no offset)
+            many = [[(7 * i + j) % 3990 + 5 for j in range(64)] for i in range(160)]
+            big = eng.generate(many, SamplingSettings(temperature=1.0, max_new_tokens=2, n=2, seed=3))
+            out["big_batch"] = sorted({(r.prompt_index, r.sample_index) for r in big}) == [
+                (i, j) for i in range(160) for j in range(2)
+            ]
             result["generate"][str(etp)] = out
     finally:
         for eng in engines.values():
