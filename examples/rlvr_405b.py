@@ -45,9 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--recompute",
-        choices=["auto", "none", "selective", "full"],
-        default="auto",
-        help="activation recompute assumed by the memory estimate (auto: the least that fits)",
+        choices=["config", "auto", "none", "selective", "full"],
+        default="config",
+        help="activation recompute assumed by the memory estimate (config: parallel.recompute, what the "
+        "run will use; auto: the least that fits)",
     )
     p.add_argument("--grad-dtype", choices=["fp32", "bf16"], default="fp32", help="Megatron grad buffer")
     p.add_argument(
@@ -264,12 +265,12 @@ def dry_run(args: argparse.Namespace, overrides: list[str]) -> int:
         fitting = [k for k, est in by_mode.items() if not limit or est.total + extra <= limit * GB]
         mode = fitting[0] if fitting else "full"
     else:
-        mode = args.recompute
+        mode = cfg.parallel.recompute if args.recompute == "config" else args.recompute
     learner = by_mode[mode]
     alts = {f"TOTAL with recompute={k}": v for k, v in by_mode.items() if k != mode}
     vname = "none" if value is None else value.name
     print(
-        f"\nper-GPU memory (value model: {vname}; recompute={mode}{' (auto)' if args.recompute == 'auto' else ''})"
+        f"\nper-GPU memory (value model: {vname}; recompute={mode} ({'parallel.recompute' if args.recompute == 'config' else args.recompute}))"
     )
     print(format_memory_table(learner, engine, limit_gb=limit or None, alternatives=alts))
     if r.placement == "colocated":
@@ -279,7 +280,8 @@ def dry_run(args: argparse.Namespace, overrides: list[str]) -> int:
     if limit and learner.total + extra > limit * GB:
         problems.append(
             f"a learner rank needs {(learner.total + extra) / GB:.1f} GB (recompute={mode}) > {limit:g} GB; "
-            "raise parallel.pp or parallel.tp, lower train.micro_batch_size / sequence lengths, or use "
+            "set parallel.recompute=full, raise parallel.pp or parallel.tp, lower train.micro_batch_size / "
+            "sequence lengths, or use "
             "more nodes (--memory-limit-gb 0 skips this check)"
         )
     if engine.kv_cache <= 0 or engine.max_sequences < 1:

@@ -51,6 +51,9 @@ class ParallelConfig:
     ep: int = 1
     vpp: int | None = None
     sequence_parallel: bool = False
+    # Activation recompute: none | selective (core attention) | full (every layer's input kept,
+    # the layer re-run in backward; what 405B needs to fit, see examples/rlvr_405b.py --dry-run)
+    recompute: str = "none"
     # Megatron's DistributedOptimizer (ZeRO-1 over DP) on GPU; CPU always uses the plain path.
     use_distributed_optimizer: bool = True
     distributed_timeout_minutes: int = 30

@@ -71,12 +71,27 @@ def to_transformer_config(
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=False,
     )
+    kwargs.update(recompute_settings(parallel.recompute))
     if precision.fp8 is not None:
         if not on_cuda:
             raise ValueError("precision.fp8 needs CUDA and Transformer Engine; unset it on CPU")
         kwargs.update(fp8=precision.fp8, fp8_recipe=precision.fp8_recipe)
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
+
+
+RECOMPUTE = ("none", "selective", "full")
+
+
+def recompute_settings(mode: str) -> dict[str, Any]:
+    """``parallel.recompute`` -> Megatron's recompute fields (full: uniform, one layer per chunk)."""
+    if mode not in RECOMPUTE:
+        raise ValueError(f"parallel.recompute must be one of {RECOMPUTE}, got {mode!r}")
+    if mode == "none":
+        return {}
+    if mode == "selective":
+        return {"recompute_granularity": "selective"}
+    return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
 
 
 def padded_vocab_size(model: ModelConfig, tp: int) -> int:

@@ -1,4 +1,4 @@
-"""TP2, PP2, TP2xPP2 and DP2 give the TP1 loss, gradients and post-step weights (fp32, rel 1e-5)."""
+"""TP2, PP2, TP2xPP2, DP2 and activation recompute give the TP1 loss, gradients and post-step weights (fp32, rel 1e-5)."""
 
 import pytest
 import torch
@@ -15,6 +15,9 @@ LAYOUTS = {
     "dp2_mb1": (2, ["--micro-batch", "1"]),
     "mb1x8": (1, ["--micro-batch", "1"]),
     "mb8x1": (1, ["--micro-batch", "8"]),
+    # activation recompute re-runs layers in backward (CPU RNG tracker included): same numbers
+    "tp2_full_recompute": (2, ["--tp", "2", "--recompute", "full"]),
+    "pp2_selective_recompute": (2, ["--pp", "2", "--recompute", "selective"]),
 }
 
 

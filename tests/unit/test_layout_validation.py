@@ -67,6 +67,24 @@ def test_transformer_config_mapping_is_llama():
     assert tc.hidden_dropout == 0.0 and tc.attention_dropout == 0.0
 
 
+def test_recompute_maps_to_megatron_fields():
+    precision = load_config([]).precision
+    full = to_transformer_config(ModelConfig(), ParallelConfig(recompute="full"), precision, on_cuda=False)
+    assert (full.recompute_granularity, full.recompute_method, full.recompute_num_layers) == (
+        "full",
+        "uniform",
+        1,
+    )
+    sel = to_transformer_config(
+        ModelConfig(), ParallelConfig(recompute="selective"), precision, on_cuda=False
+    )
+    assert sel.recompute_granularity == "selective" and sel.recompute_method is None
+    none = to_transformer_config(ModelConfig(), ParallelConfig(), precision, on_cuda=False)
+    assert none.recompute_granularity is None
+    with pytest.raises(ValueError, match="parallel.recompute must be one of"):
+        to_transformer_config(ModelConfig(), ParallelConfig(recompute="ful"), precision, on_cuda=False)
+
+
 def test_padded_vocab():
     assert padded_vocab_size(ModelConfig(vocab_size=3999), 1) == 4096
     assert padded_vocab_size(ModelConfig(vocab_size=301), 2) == 512

@@ -55,13 +55,14 @@ def main() -> None:
     p.add_argument("--global-batch", type=int, default=8)
     p.add_argument("--clip-grad", type=float, default=1.0)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
     global VOCAB
     cfg = model_config_from_hf(args.hf)
     VOCAB = cfg.vocab_size
-    parallel = ParallelConfig(tp=args.tp, pp=args.pp)
+    parallel = ParallelConfig(tp=args.tp, pp=args.pp, recompute=args.recompute)
     info = init_parallel(cfg, parallel, seed=1)
     precision = PrecisionConfig(params_dtype="bf16" if args.bf16 else "fp32")
     chunks = build_model(cfg, parallel, precision)
