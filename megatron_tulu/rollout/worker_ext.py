@@ -10,6 +10,8 @@ worker's own attributes (vLLM asserts that).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from megatron_tulu.rollout.bridge.transport import (
@@ -22,6 +24,20 @@ from megatron_tulu.rollout.bridge.transport import (
     plan_fingerprint,
     receive_refit,
 )
+
+
+class _RotaryReloadNotice(logging.Filter):
+    """vLLM's layerwise reload warns "<layer>: Failed to load weights" for rotary embeddings on
+    every refit: their cos/sin cache is a buffer no checkpoint carries, and vLLM puts it back
+    unchanged. Drop exactly that record so real reload warnings stay visible."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.msg == "%s: Failed to load weights"
+            and isinstance(record.args, tuple)
+            and len(record.args) == 1
+            and str(record.args[0]).endswith("RotaryEmbedding")
+        )
 
 
 class RefitWorkerExtension:
@@ -43,6 +59,9 @@ class RefitWorkerExtension:
     ) -> int:
         """Join the refit group as rank ``rank_offset + TP rank``; blocks until everyone joined."""
         rank = rank_offset + self.refit_tp_rank()
+        reload_logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        if not any(isinstance(f, _RotaryReloadNotice) for f in reload_logger.filters):
+            reload_logger.addFilter(_RotaryReloadNotice())
         self._refit_group = init_refit_group(host, port, rank, world_size, backend, timeout_s)
         self._refit_group_rank = rank
         return rank
