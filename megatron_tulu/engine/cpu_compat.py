@@ -11,6 +11,11 @@ Megatron-Core assumes CUDA in a handful of places that matter for a dense GPT on
    CPU generator states (same fork/add contract).
 5. grad clipping asserts ``param.grad.type() == 'torch.cuda.FloatTensor'``.  -> the optimizer
    module's reference is swapped for the same clip (scale by max_norm / (norm + 1e-6)) on any device.
+6. activation recompute (``tensor_parallel.checkpoint``) saves and restores the device RNG with
+   ``_get_cuda_rng_state`` / ``_set_cuda_rng_state``.  -> on CPU the device generator is the CPU
+   generator, so they read and write that. The recompute runs inside ``torch.autograd.backward``,
+   where torch pauses the (3) mode, so ``CheckpointFunction`` is swapped for a subclass whose
+   backward re-enters the mode.
 
 Everything is registered in ``PATCH_TARGETS`` so ``tests/unit/test_cpu_compat.py`` can check that
 each target still exists and is still used by the installed Megatron-Core: if a new release moves
@@ -45,6 +50,17 @@ PATCH_TARGETS: tuple[tuple[str, str, str], ...] = (
         "clip_grad_by_total_norm_fp32",
         "megatron/core/optimizer/optimizer.py",
     ),
+    (
+        "megatron.core.tensor_parallel.random",
+        "_get_cuda_rng_state",
+        "megatron/core/tensor_parallel/random.py",
+    ),
+    (
+        "megatron.core.tensor_parallel.random",
+        "_set_cuda_rng_state",
+        "megatron/core/tensor_parallel/random.py",
+    ),
+    ("megatron.core.tensor_parallel.random", "CheckpointFunction", "megatron/core/tensor_parallel/random.py"),
 )
 
 _state: dict[str, Any] = {"enabled": False, "originals": {}, "mode": None}
@@ -74,6 +90,19 @@ class _CudaToCpuMode(TorchFunctionMode):
         if func in (torch.Tensor.to,) and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)
+
+
+def _make_cpu_checkpoint_function(base: type) -> type:
+    """``CheckpointFunction`` whose backward (the recompute) runs under the CUDA->CPU mode: it is
+    called from inside ``torch.autograd.backward``, during which torch pauses the outer mode."""
+
+    class _CpuCheckpointFunction(base):  # type: ignore[misc, valid-type]
+        @staticmethod
+        def backward(ctx, *args):
+            with _CudaToCpuMode():
+                return base.backward(ctx, *args)
+
+    return _CpuCheckpointFunction
 
 
 def _make_cpu_tracker_class(base: type) -> type:
@@ -106,6 +135,15 @@ def _make_cpu_tracker_class(base: type) -> type:
 
     _CpuRNGStatesTracker.__name__ = "CpuRNGStatesTracker"
     return _CpuRNGStatesTracker
+
+
+def _get_device_rng_state(device: Any = None, clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+    """``_get_cuda_rng_state`` on CPU: the device generator is the CPU one."""
+    return torch.get_rng_state()
+
+
+def _set_device_rng_state(new_state: torch.Tensor, device: int = -1, graph_safe: bool = False) -> None:
+    torch.set_rng_state(new_state)
 
 
 def _clip_grad_by_total_norm(
@@ -160,6 +198,9 @@ def enable_cpu_compat() -> bool:
     _patch(torch.cuda, "current_device", lambda: 0)
     _patch(torch.cuda, "synchronize", lambda device=None: None)
     _patch(random_mod, "CudaRNGStatesTracker", _make_cpu_tracker_class(random_mod.CudaRNGStatesTracker))
+    _patch(random_mod, "_get_cuda_rng_state", _get_device_rng_state)
+    _patch(random_mod, "_set_cuda_rng_state", _set_device_rng_state)
+    _patch(random_mod, "CheckpointFunction", _make_cpu_checkpoint_function(random_mod.CheckpointFunction))
     # A tracker created before the patch would still hold the CUDA class.
     random_mod.initialize_rng_tracker(force_reset=True)
 
