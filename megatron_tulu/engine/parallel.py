@@ -56,6 +56,9 @@ def init_distributed(timeout_minutes: int = 30) -> None:
     device_for_rank()
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if "MASTER_PORT" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # torchrun, or a caller that picked the port itself (a world of one unless it says more)
+        for key, default in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(key, default)
         dist.init_process_group(backend=backend, timeout=timeout)
         return
     # A world of one outside torchrun: a fresh port each time, so back-to-back runs (or stages of
