@@ -57,6 +57,7 @@ from common import (
     format_table,
     free_port,
     lifetime_peak_rss_bytes,
+    optimizer_states,
     peak_rss_bytes,
     reset_peak_rss,
     rss_bytes,
@@ -64,6 +65,7 @@ from common import (
     set_torch_threads,
     tensor_bytes,
     thread_env,
+    trl_matched_args,
     write_json,
 )
 
@@ -380,20 +382,6 @@ def _load_pairs(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return json.loads(Path(spec["data_path"]).read_text())
 
 
-def _optimizer_states(optimizer: Any) -> list[Any]:
-    """The torch optimizers' ``state`` dicts under Megatron / accelerate wrappers."""
-    stack, states = [optimizer], []
-    while stack:
-        opt = stack.pop()
-        if hasattr(opt, "chained_optimizers"):
-            stack.extend(opt.chained_optimizers)
-        elif hasattr(opt, "optimizer") and opt.optimizer is not opt:
-            stack.append(opt.optimizer)
-        elif hasattr(opt, "state"):
-            states.append(dict(opt.state))
-    return states
-
-
 def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     set_torch_threads(int(os.environ.get("OMP_NUM_THREADS", spec["threads"])))
     import torch
@@ -523,7 +511,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_lifetime": lifetime_peak_rss_bytes(),
         "param_count": sum(q.numel() for q in params),
         "param_bytes": tensor_bytes(params),
-        "optimizer_state_bytes": tensor_bytes(_optimizer_states(optimizer)),
+        "optimizer_state_bytes": tensor_bytes(optimizer_states(optimizer)),
     }
     destroy_parallel()
     return out
@@ -590,30 +578,7 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
             return loss
 
     config = DPOConfig(
-        output_dir=f"{spec['work_dir']}/trl",
-        max_steps=total,
-        per_device_train_batch_size=mb,
-        gradient_accumulation_steps=G // mb,
-        learning_rate=spec["lr"],
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        seed=spec["seed"],
-        train_sampling_strategy="sequential",  # pairs are already in step order
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **trl_matched_args(spec, total, mb, G),
         max_length=spec["max_len"],
         loss_type=["sigmoid_norm"],
         beta=spec["beta"],
@@ -667,7 +632,7 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_lifetime": lifetime_peak_rss_bytes(),
         "param_count": sum(q.numel() for q in params),
         "param_bytes": tensor_bytes(params),
-        "optimizer_state_bytes": tensor_bytes(_optimizer_states(trainer.optimizer)),
+        "optimizer_state_bytes": tensor_bytes(optimizer_states(trainer.optimizer)),
     }
 
 

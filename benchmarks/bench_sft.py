@@ -43,6 +43,7 @@ from common import (
     format_table,
     free_port,
     lifetime_peak_rss_bytes,
+    optimizer_states,
     peak_rss_bytes,
     reset_peak_rss,
     rss_bytes,
@@ -50,6 +51,7 @@ from common import (
     set_torch_threads,
     tensor_bytes,
     thread_env,
+    trl_matched_args,
     write_json,
 )
 
@@ -316,20 +318,6 @@ def _load_steps(spec: dict[str, Any]) -> list[list[list[list[list[int]]]]]:
     return json.loads(Path(spec["data_path"]).read_text())
 
 
-def _optimizer_states(optimizer: Any) -> list[Any]:
-    """The torch optimizers' ``state`` dicts under Megatron / accelerate wrappers."""
-    stack, states = [optimizer], []
-    while stack:
-        opt = stack.pop()
-        if hasattr(opt, "chained_optimizers"):
-            stack.extend(opt.chained_optimizers)
-        elif hasattr(opt, "optimizer") and opt.optimizer is not opt:
-            stack.append(opt.optimizer)
-        elif hasattr(opt, "state"):
-            states.append(dict(opt.state))
-    return states
-
-
 def worker_ours(spec: dict[str, Any]) -> dict[str, Any] | None:
     set_torch_threads(int(os.environ.get("OMP_NUM_THREADS", spec["threads"])))
     import torch
@@ -433,7 +421,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any] | None:
         "param_count": sum(p.numel() for p in params),
         "param_bytes": tensor_bytes(params),
         "grad_bytes": tensor_bytes([g for g in grads if g is not None]),
-        "optimizer_state_bytes": tensor_bytes(_optimizer_states(optimizer)),
+        "optimizer_state_bytes": tensor_bytes(optimizer_states(optimizer)),
     }
     if info.world_size > 1:
         gathered: list[Any] = [None] * info.world_size
@@ -483,30 +471,7 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
     model.config.use_cache = False
 
     config = SFTConfig(
-        output_dir=f"{spec['work_dir']}/trl",
-        max_steps=total,
-        per_device_train_batch_size=spec["micro_batch"],
-        gradient_accumulation_steps=spec["global_batch"] // spec["micro_batch"],
-        learning_rate=spec["lr"],
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        seed=spec["seed"],
-        train_sampling_strategy="sequential",  # rows are already in step order
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **trl_matched_args(spec, total, spec["micro_batch"], spec["global_batch"]),
         max_length=spec["seq_len"],
         packing=True,
         packing_strategy="bfd",
@@ -563,7 +528,7 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         "param_count": sum(p.numel() for p in params),
         "param_bytes": tensor_bytes(params),
         "grad_bytes": timing.get("grad_bytes"),
-        "optimizer_state_bytes": tensor_bytes(_optimizer_states(trainer.optimizer)),
+        "optimizer_state_bytes": tensor_bytes(optimizer_states(trainer.optimizer)),
     }
 
 

@@ -140,6 +140,51 @@ def run_worker(
     return result
 
 
+def optimizer_states(optimizer: Any) -> list[Any]:
+    """The torch optimizers' ``state`` dicts under Megatron / accelerate wrappers."""
+    stack, states = [optimizer], []
+    while stack:
+        opt = stack.pop()
+        if hasattr(opt, "chained_optimizers"):
+            stack.extend(opt.chained_optimizers)
+        elif hasattr(opt, "optimizer") and opt.optimizer is not opt:
+            stack.append(opt.optimizer)
+        elif hasattr(opt, "state"):
+            states.append(dict(opt.state))
+    return states
+
+
+def trl_matched_args(spec: dict[str, Any], steps: int, micro_batch: int, global_batch: int) -> dict[str, Any]:
+    """TRL trainer arguments that match our side: same steps and batch split, constant LR, AdamW
+    (0.9, 0.999, 1e-8, no decay), clip 1.0, fp32 on CPU, rows fed in order, per-step logs, no saves."""
+    return dict(
+        output_dir=f"{spec['work_dir']}/trl",
+        max_steps=steps,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=global_batch // micro_batch,
+        learning_rate=spec["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=spec["seed"],
+        train_sampling_strategy="sequential",  # rows are already in step order
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
 def environment() -> dict[str, Any]:
     """Versions and machine facts worth keeping next to any number."""
     import importlib.metadata as md
