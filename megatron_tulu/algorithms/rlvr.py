@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import sys
 import threading
 import time
@@ -48,7 +47,7 @@ from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, save_c
 from megatron_tulu.engine.faults import crash_point
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
-from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+from megatron_tulu.engine.parallel import destroy_parallel, free_port, init_parallel
 from megatron_tulu.engine.train_step import forward_backward, prepare_model_for_training, train_step
 from megatron_tulu.losses.ppo import (
     get_advantage_estimator,
@@ -178,12 +177,6 @@ class Rollouts:
             holder[0] = (self._result, self.pending_version)
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Refitter:

@@ -48,6 +48,13 @@ def device_for_rank() -> torch.device:
     return torch.device("cpu")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for stores and side groups)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed(timeout_minutes: int = 30) -> None:
     """Join the torchrun world (or make a world of one). NCCL on CUDA, gloo otherwise."""
     if dist.is_initialized():
@@ -63,11 +70,8 @@ def init_distributed(timeout_minutes: int = 30) -> None:
         return
     # A world of one outside torchrun: a fresh port each time, so back-to-back runs (or stages of
     # one pipeline process) never collide with a store port still in TIME_WAIT.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     dist.init_process_group(
-        backend=backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1, timeout=timeout
+        backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, timeout=timeout
     )
 
 
