@@ -7,7 +7,9 @@ Hydra overrides for trainers), so importing the CLI stays cheap and commands sta
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 
 # command -> ("module:function", one-line help). The function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,8 +45,21 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (Slurm preemption, `kill`, `timeout`) into SystemExit so that `finally` blocks and
+    exit handlers run: without it the process dies at once and its vLLM engine processes live on as
+    orphans holding their memory."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():  # signal.signal refuses other threads
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    exit_on_sigterm()
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0

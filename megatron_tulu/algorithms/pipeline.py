@@ -13,8 +13,10 @@ epochs, enough for the 5M-parameter tiny model to end its answers with EOS.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,27 @@ def route_overrides(argv: list[str]) -> tuple[str, dict[str, list[str]]]:
     return out_dir, per_stage
 
 
-def evaluate_hf(hf_dir: str, heldout_file: str, max_new_tokens: int, seed: int = 0) -> dict[str, float]:
-    """Greedy held-out generations of an HF model in vLLM, scored by the verifiers."""
+def paired_sign_test(before: Sequence[bool], after: Sequence[bool]) -> dict[str, float]:
+    """Did a stage change held-out correctness beyond chance? Exact two-sided sign (McNemar) test.
+
+    Only prompts whose verdict flipped carry information: ``fixed`` (wrong -> right) and ``broken``
+    (right -> wrong). Under "no change", each flip is a fair coin, so the p-value is the chance of a
+    split at least as lopsided as the one seen among ``fixed + broken`` flips.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"paired test needs the same prompts: {len(before)} vs {len(after)} verdicts")
+    fixed = sum(1 for b, a in zip(before, after) if a and not b)
+    broken = sum(1 for b, a in zip(before, after) if b and not a)
+    flips = fixed + broken
+    tail = sum(math.comb(flips, k) for k in range(min(fixed, broken) + 1)) / 2**flips if flips else 1.0
+    return {"fixed": fixed, "broken": broken, "net": fixed - broken, "p_value": min(1.0, 2 * tail)}
+
+
+def evaluate_hf(
+    hf_dir: str, heldout_file: str, max_new_tokens: int, seed: int = 0
+) -> tuple[dict[str, float], list[bool]]:
+    """Greedy held-out generations of an HF model in vLLM, scored by the verifiers: the metrics and
+    each prompt's verdict (for paired comparisons between stages)."""
     from megatron_tulu.algorithms.rlvr import load_prompts, rollout_metrics, score_outputs
     from megatron_tulu.data.tokenizer import load_tokenizer
     from megatron_tulu.rewards import DEFAULT_ALPHA, DEFAULT_NO_EOS_PENALTY
@@ -68,7 +89,7 @@ def evaluate_hf(hf_dir: str, heldout_file: str, max_new_tokens: int, seed: int =
             ),
         )
     samples = score_outputs(outs, prompts, tokenizer, DEFAULT_ALPHA, DEFAULT_NO_EOS_PENALTY)
-    return rollout_metrics(samples)
+    return rollout_metrics(samples), [s.correct >= 1.0 for s in sorted(samples, key=lambda s: s.prompt_index)]
 
 
 def run_pipeline(argv: list[str]) -> dict[str, Any]:
@@ -103,12 +124,22 @@ def run_pipeline(argv: list[str]) -> dict[str, Any]:
         # every stage scored the same way: a fresh engine on the exported HF weights, greedy
         n = rlvr_cfg.rollout.max_new_tokens
         exports = {"sft": sft_hf, "dpo": dpo_hf, "rlvr": rlvr_summary["hf_export"]}
-        rows = {
-            name: {**evaluate_hf(path, heldout, n), "minutes": seconds[name] / 60}
-            for name, path in exports.items()
+        verdicts: dict[str, list[bool]] = {}
+        for name, path in exports.items():
+            metrics, verdicts[name] = evaluate_hf(path, heldout, n)
+            rows[name] = {**metrics, "minutes": seconds[name] / 60}
+        paired = {
+            "dpo_vs_sft": paired_sign_test(verdicts["sft"], verdicts["dpo"]),
+            "rlvr_vs_dpo": paired_sign_test(verdicts["dpo"], verdicts["rlvr"]),
         }
-        (root / "summary.json").write_text(json.dumps({"heldout": heldout, "stages": rows}, indent=2))
+        summary = {"heldout": heldout, "stages": rows, "paired": paired}
+        (root / "summary.json").write_text(json.dumps(summary, indent=2))
         print_table(rows)
+        for key, test in paired.items():
+            print(
+                f"{key}: {test['fixed']} held-out prompts fixed, {test['broken']} broken "
+                f"(net {test['net']:+d}; exact sign test p = {test['p_value']:.3g})"
+            )
         print(f"curves: {root / 'rlvr' / 'curves.png'}; summary: {root / 'summary.json'}")
     return rows
 

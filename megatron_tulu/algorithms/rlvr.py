@@ -42,6 +42,7 @@ from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import RLVRRunConfig
 from megatron_tulu.data.chat_template import render_tulu
 from megatron_tulu.data.io import read_rows
+from megatron_tulu.data.mixing import apply_dataset_weights
 from megatron_tulu.data.tokenizer import load_tokenizer
 from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from megatron_tulu.engine.faults import crash_point
@@ -451,6 +452,12 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.data.tokenizer or hf_source)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = load_prompts(cfg.data.train_files or [str(ASSETS / "rlvr.jsonl")], tokenizer, ro.max_prompt_len)
+    prompts, mix = apply_dataset_weights(prompts, rl.dataset_weights)
+    if is_rank0():
+        print(
+            "[rlvr] training prompts per dataset (in data -> used): "
+            + ", ".join(f"{name} {have} -> {used}" for name, (have, used) in mix.items())
+        )
     heldout = load_prompts(
         rl.heldout_files or [str(ASSETS / "rlvr_heldout.jsonl")], tokenizer, ro.max_prompt_len
     )

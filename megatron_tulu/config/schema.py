@@ -208,6 +208,9 @@ class RLVROptions:
     value_lr: float | None = None  # default: optimizer.lr
     eval_every: int = 10
     heldout_files: list[str] | None = None
+    # per-dataset share of the training prompts, e.g. {gsm8k: 0.25}: 1 keeps all, 2 repeats, 0 drops;
+    # null (or a dataset left out): keep every row
+    dataset_weights: dict[str, float] | None = None
     export_hf: bool = True
 
 

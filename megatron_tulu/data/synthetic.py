@@ -48,7 +48,9 @@ HELDOUT_BUCKETS = 10
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "data"
 
 # Default sizes of the shipped files: small enough for a CPU run, large enough to see learning.
-DEFAULT_SIZES: dict[str, int] = {"sft": 2000, "dpo": 1000, "rlvr": 1000, "heldout": 200}
+# The RLVR held-out set is larger: it measures every pipeline stage, and 500 prompts make a few points
+# difference between stages distinguishable from noise.
+DEFAULT_SIZES: dict[str, int] = {"sft": 2000, "dpo": 1000, "rlvr": 1000, "heldout": 200, "rlvr_heldout": 500}
 
 # --------------------------------------------------------------------------------------------------------
 # Vocabulary for the word problems.
@@ -564,18 +566,19 @@ def write_embedded_datasets(
     n_dpo: int = DEFAULT_SIZES["dpo"],
     n_rlvr: int = DEFAULT_SIZES["rlvr"],
     n_heldout: int = DEFAULT_SIZES["heldout"],
+    n_rlvr_heldout: int = DEFAULT_SIZES["rlvr_heldout"],
 ) -> dict[str, Path]:
     """Write sft/dpo/rlvr.jsonl and their ``*_heldout.jsonl`` twins; returns name -> path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    builders: dict[str, tuple[Callable[..., list[dict[str, Any]]], int]] = {
-        "sft": (sft_rows, n_sft),
-        "dpo": (preference_rows, n_dpo),
-        "rlvr": (rlvr_rows, n_rlvr),
+    builders: dict[str, tuple[Callable[..., list[dict[str, Any]]], int, int]] = {
+        "sft": (sft_rows, n_sft, n_heldout),
+        "dpo": (preference_rows, n_dpo, n_heldout),
+        "rlvr": (rlvr_rows, n_rlvr, n_rlvr_heldout),
     }
     written: dict[str, Path] = {}
-    for name, (build, n_train) in builders.items():
-        for split, n in (("train", n_train), ("heldout", n_heldout)):
+    for name, (build, n_train, n_test) in builders.items():
+        for split, n in (("train", n_train), ("heldout", n_test)):
             fname = f"{name}.jsonl" if split == "train" else f"{name}_heldout.jsonl"
             write_jsonl(out / fname, build(n, seed=seed, split=split))
             written[fname.removesuffix(".jsonl")] = out / fname
@@ -589,9 +592,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-sft", type=int, default=DEFAULT_SIZES["sft"])
     parser.add_argument("--n-dpo", type=int, default=DEFAULT_SIZES["dpo"])
     parser.add_argument("--n-rlvr", type=int, default=DEFAULT_SIZES["rlvr"])
-    parser.add_argument("--n-heldout", type=int, default=DEFAULT_SIZES["heldout"])
+    parser.add_argument(
+        "--n-heldout", type=int, default=DEFAULT_SIZES["heldout"], help="sft/dpo held-out rows"
+    )
+    parser.add_argument("--n-rlvr-heldout", type=int, default=DEFAULT_SIZES["rlvr_heldout"])
     args = parser.parse_args(argv)
-    paths = write_embedded_datasets(args.out, args.seed, args.n_sft, args.n_dpo, args.n_rlvr, args.n_heldout)
+    paths = write_embedded_datasets(
+        args.out, args.seed, args.n_sft, args.n_dpo, args.n_rlvr, args.n_heldout, args.n_rlvr_heldout
+    )
     for name, path in paths.items():
         print(f"{name}: {path} ({path.stat().st_size} bytes)")
     return 0

@@ -87,3 +87,10 @@ def test_pipeline_runs_three_stages_and_scores_each(tmp_path):
     for stage, ev in (("dpo", evals[0]), ("rlvr", evals[-1])):
         for key in ("reward/all", "accuracy/all", "response_length", "no_eos_share"):
             assert stages[stage][key] == pytest.approx(ev[f"eval/{key}"], abs=1e-9), (stage, key)
+    # the paired comparison is over the same 12 held-out prompts the accuracies came from
+    summary = json.loads((out / "summary.json").read_text())
+    for key, (before, after) in (("dpo_vs_sft", ("sft", "dpo")), ("rlvr_vs_dpo", ("dpo", "rlvr"))):
+        test = summary["paired"][key]
+        delta = (stages[after]["accuracy/all"] - stages[before]["accuracy/all"]) * 12
+        assert test["net"] == round(delta) and 0.0 < test["p_value"] <= 1.0, (key, test)
+        assert f"{key}: {test['fixed']} held-out prompts fixed" in text

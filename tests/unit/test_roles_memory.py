@@ -261,7 +261,7 @@ def test_presets_compose(preset, name, tp, pp, etp, lr, beta, batch, k):
         k,
     )
     # Tülu's sampling and value optimizer, not the embedded default's tiny-model tuning
-    assert (cfg.rollout.temperature, cfg.rlvr.value_lr) == (1.0, None)
+    assert (cfg.rollout.temperature, cfg.rlvr.value_lr, cfg.rlvr.dataset_weights) == (1.0, None, None)
     nodes = {"rlvr_tulu3_8b": 2, "rlvr_tulu3_70b": 6, "rlvr_tulu3_405b": 32}[preset]
     roles = assign_roles(cfg.model, cfg.parallel, cfg.rollout, nodes=nodes)
     check_rollout_batch(cfg.rlvr.prompts_per_step, roles.dp)

@@ -179,7 +179,7 @@ def test_shipped_files_match_generator(tmp_path):
         "rlvr": 1000,
         "sft_heldout": 200,
         "dpo_heldout": 200,
-        "rlvr_heldout": 200,
+        "rlvr_heldout": 500,
     }
     total = 0
     for name, path in paths.items():
