@@ -1,5 +1,7 @@
 """`megatron-tulu pipeline`: SFT -> DPO -> RLVR on one model, with held-out verifiable accuracy
-after every stage (greedy vLLM generations scored by the verifiers) and the curves PNG.
+after every stage (greedy vLLM generations scored by the verifiers) and the curves PNG. Consecutive
+stages are also compared prompt by prompt (how many held-out prompts each fixed and broke, and an
+exact sign test), so a gain can be told apart from greedy-decoding noise.
 
 Stage configs come from hydra_conf/{sft,dpo,rlvr}.yaml; overrides are routed by prefix:
 ``sft.<key>=v``, ``dpo.<key>=v``, ``rlvr.<key>=v`` go to that stage's config (e.g.

@@ -53,6 +53,7 @@ def test_pipeline_runs_three_stages_and_scores_each(tmp_path):
         "sft.sft.epochs=1",
         f"dpo.data.train_files=[{_head('dpo', 32, tmp_path)}]",
         f"rlvr.data.train_files=[{_head('rlvr', 16, tmp_path)}]",
+        "rlvr.rlvr.dataset_weights.gsm8k=0.5",  # the slice: 9 GSM8K-style, 7 IFEval-style prompts
         f"rlvr.rlvr.heldout_files=[{_head('rlvr_heldout', 12, tmp_path)}]",
         "rlvr.rlvr.prompts_per_step=8",
         "rlvr.train.micro_batch_size=4",
@@ -76,6 +77,7 @@ def test_pipeline_runs_three_stages_and_scores_each(tmp_path):
     text = (tmp_path / "pipeline.log").read_text()
     assert rc == 0, text[-4000:]
     assert "held-out verifiable results" in text
+    assert "training prompts per dataset (in data -> used): gsm8k 9 -> 4, ifeval 7 -> 7" in text
     stages = json.loads((out / "summary.json").read_text())["stages"]
     assert list(stages) == ["sft", "dpo", "rlvr"]
     for row in stages.values():
