@@ -4,8 +4,9 @@ Row ``i`` holds ``prompt_i + response_i`` right-padded to the step's row length:
 of the whole step batch rounded up (``row_length``), so every rank (TP, PP stages, DP replicas)
 uses the same shape while short responses do not pay for the configured maximum. Position ``t``
 predicts token ``t+1``, so the response token at row position ``p + j`` is scored by the logits
-at ``p + j - 1``: ``mask[t] = 1`` for ``t`` in ``[p - 1, p + len(response) - 1)``. Every per-token PPO tensor (log-probs, values, rewards,
-advantages) uses this mask; its last valid position is the last response token.
+at ``p + j - 1``: ``mask[t] = 1`` for ``t`` in ``[p - 1, p + len(response) - 1)``. Every per-token
+PPO tensor (log-probs, values, rewards, advantages) uses this mask; its last valid position is the
+last response token.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def apply_dataset_weights(
     used = {name: math.floor(n * weights.get(name, 1.0) + 1e-9) for name, n in counts.items()}
     seen: Counter[str] = Counter()
     out: list[dict[str, Any]] = []
-    for _ in range(max(-(-used[name] // counts[name]) for name in counts)):
+    passes = max((-(-used[name] // counts[name]) for name in counts), default=0)  # no rows: no passes
+    for _ in range(passes):
         for row in rows:
             name = row[key]
             if seen[name] < used[name]:

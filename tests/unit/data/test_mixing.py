@@ -35,3 +35,7 @@ def test_unknown_dataset_or_negative_weight_is_refused() -> None:
         apply_dataset_weights(ROWS, {"ifevl": 1.0})
     with pytest.raises(ValueError, match="numbers >= 0"):
         apply_dataset_weights(ROWS, {"gsm8k": -1})
+
+
+def test_empty_data_stays_empty_for_the_caller_to_report() -> None:
+    assert apply_dataset_weights([], None) == ([], {})
