@@ -1,27 +1,33 @@
 """One PPO / GRPO update from the same rollouts gives the same numbers at TP2 and PP2 as at TP1."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from tests.helpers import WORKERS, rel_diff, run_torchrun
+from tests.helpers import REPO, WORKERS, rel_diff, run_torchrun
 
 pytestmark = pytest.mark.distributed
 
 
-@pytest.mark.parametrize("estimator", ["gae", "grpo"])
-def test_ppo_step_matches_tp1(hf_llama, tmp_path, estimator):
+def _steps(hf, tmp_path, estimator, layouts, extra=()):
     res = {}
-    for name, nproc, args in [("tp1", 1, []), ("tp2", 2, ["--tp", "2"]), ("pp2", 2, ["--pp", "2"])]:
+    for name, nproc, args in layouts:
         out = tmp_path / f"{name}.pt"
         run_torchrun(
             WORKERS / "ppo_step_worker.py",
             nproc,
-            ["--hf", str(hf_llama), "--estimator", estimator, "--out", str(out), *args],
+            ["--hf", str(hf), "--estimator", estimator, "--out", str(out), *args, *extra],
         )
         res[name] = torch.load(out)
+    return res
+
+
+def _assert_same_step(res, names):
     ref = res["tp1"]
     assert ref["updates"]["policy/loss"] != 0.0
-    for name in ("tp2", "pp2"):
+    for name in names:
         got = res[name]
         assert got["stats"]["kl"] == pytest.approx(ref["stats"]["kl"], abs=1e-6)
         assert got["stats"]["entropy"] == pytest.approx(ref["stats"]["entropy"], rel=1e-5)
@@ -30,3 +36,23 @@ def test_ppo_step_matches_tp1(hf_llama, tmp_path, estimator):
             assert got["updates"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
         for key in ref["weights"]:
             assert rel_diff(got["weights"][key], ref["weights"][key]) < 1e-5, key
+
+
+@pytest.mark.parametrize("estimator", ["gae", "grpo"])
+def test_ppo_step_matches_tp1(hf_llama, tmp_path, estimator):
+    layouts = [("tp1", 1, []), ("tp2", 2, ["--tp", "2"]), ("pp2", 2, ["--pp", "2"])]
+    _assert_same_step(_steps(hf_llama, tmp_path, estimator, layouts), ("tp2", "pp2"))
+
+
+@pytest.mark.vllm
+def test_ppo_step_on_real_engine_rollouts_matches_tp1(tmp_path):
+    """The same check on a batch a real vLLM CPU engine sampled from the embedded tiny model and the
+    verifiers scored (shipped RLVR prompts, so the rows have real prompt/response lengths and EOS)."""
+    tiny, batch = tmp_path / "tiny", tmp_path / "rollouts.json"
+    run = {"cwd": REPO, "check": True, "capture_output": True, "timeout": 600}
+    subprocess.run([sys.executable, "-m", "megatron_tulu.cli", "build-tiny", "--out", str(tiny)], **run)
+    subprocess.run(
+        [sys.executable, str(WORKERS / "vllm_rollouts.py"), "--hf", str(tiny), "--out", str(batch)], **run
+    )
+    layouts = [("tp1", 1, []), ("tp2", 2, ["--tp", "2"])]
+    _assert_same_step(_steps(tiny, tmp_path, "gae", layouts, ["--rollouts", str(batch)]), ("tp2",))

@@ -1,6 +1,8 @@
-"""Worker: one PPO (or GRPO) update from fixed synthetic rollouts at a given layout (no vLLM)."""
+"""Worker: one PPO (or GRPO) update at a given layout from fixed rollouts: synthetic ones, or a
+batch a real vLLM engine sampled (``--rollouts``, written by ``vllm_rollouts.py``)."""
 
 import argparse
+import json
 import random
 
 import torch
@@ -43,6 +45,7 @@ def main() -> None:
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--estimator", default="gae")
     p.add_argument("--out", required=True)
+    p.add_argument("--rollouts", help="JSON list of RolloutSample fields (default: synthetic rollouts)")
     args = p.parse_args()
     cfg = RLVRRunConfig()
     cfg.model = model_config_from_hf(args.hf)
@@ -67,7 +70,11 @@ def main() -> None:
         vopt = build_optimizer(value, cfg.optimizer, cfg.parallel, cfg.precision)
         vsched = build_scheduler(vopt, cfg.optimizer, 4)
         prepare_model_for_training(value, vopt)
-    samples = rollouts(cfg.model.vocab_size, 8, cfg.rollout.samples_per_prompt)
+    if args.rollouts:
+        with open(args.rollouts) as f:
+            samples = [RolloutSample(**s) for s in json.load(f)]
+    else:
+        samples = rollouts(cfg.model.vocab_size, 8, cfg.rollout.samples_per_prompt)
     data, stats = prepare_batch(cfg, samples, policy, reference, value, 1, info)
     upd = ppo_updates(cfg, data, policy, value, popt, vopt, psched, vsched, 0, info)
     weights = collect_hf_state_on_rank0(policy, cfg.model)
