@@ -49,7 +49,7 @@ from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
 from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
 from megatron_tulu.engine.train_step import prepare_model_for_training
-from megatron_tulu.losses.dpo import PreferenceLogps, get_dpo_loss
+from megatron_tulu.losses.dpo import PreferenceLogps, get_dpo_loss, needs_reference
 from megatron_tulu.losses.logprobs import sequence_logps
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
 
@@ -120,8 +120,9 @@ def make_forward_step(cfg: DPORunConfig, vocab_size: int) -> Callable:
             logps = PreferenceLogps(
                 policy_chosen=sums[:b],
                 policy_rejected=sums[b:],
-                ref_chosen=batch["ref_chosen"].to(sums.dtype),
-                ref_rejected=batch["ref_rejected"].to(sums.dtype),
+                # Reference-free losses (registry: needs_reference) train without the cache.
+                ref_chosen=batch["ref_chosen"].to(sums.dtype) if "ref_chosen" in batch else None,
+                ref_rejected=batch["ref_rejected"].to(sums.dtype) if "ref_rejected" in batch else None,
                 chosen_tokens=counts[:b],
                 rejected_tokens=counts[b:],
             )
@@ -192,7 +193,8 @@ def train_dpo(cfg: DPORunConfig) -> dict[str, Any]:
 
     ref = None
     ref_cache_hit = None
-    if get_dpo_loss(cfg.dpo.loss) and cfg.dpo.loss != "simpo":
+    # The registry decides (not a name test), so a plugin's reference-free loss skips the cache too.
+    if needs_reference(cfg.dpo.loss):
         key = cache_key(
             model_fingerprint(hf_source),
             data_fingerprint("dpo-ref", [Path(f) for f in files], tokenizer, {"max_seq_len": max_len}),
@@ -220,7 +222,7 @@ def train_dpo(cfg: DPORunConfig) -> dict[str, Any]:
         print(
             f"[dpo] {report.pairs} pairs ({report.summary() if hasattr(report, 'summary') else report}); "
             f"loss={cfg.dpo.loss} beta={cfg.dpo.beta} mode={mode} steps={total_steps} start={start} "
-            f"ref_cache={'hit' if ref_cache_hit else 'computed'}"
+            f"ref_cache={'unused' if ref is None else 'hit' if ref_cache_hit else 'computed'}"
         )
     build = make_batch_builder(pairs, mode, pad_id, fixed_len, ref)
     meter = Throughput(cfg.model, cfg.train.seq_length, info.world_size, cfg.logging.peak_tflops)

@@ -31,11 +31,14 @@ Losses (``needs_reference`` is False only for ``simpo``):
   arXiv 2406.11827): the ``dpo`` loss times a per-pair weight
   ``w = min(1, exp(m_c + m_r))`` computed without gradient, where ``m_c, m_r`` are the policy's
   per-token mean log-probs of the chosen / rejected response. ``exp(m)`` is the length-normalized
-  sequence probability, so ``w`` is the product of the two (the paper's weight); the clamp at 1
-  follows open-instruct's ``wpo_loss`` and TRL's ``use_weighting``. By default ``m = s / n``
-  (open-instruct); pass ``policy_chosen_token_mean`` / ``policy_rejected_token_mean`` to use
-  another per-token mean, e.g. the paper's "sampled alignment" variant in which each token's
-  log-prob is reduced by ``log Σ_v π(v)²`` (TRL ``use_weighting``).
+  sequence probability, so ``w`` is the product of the two (the paper's weight). The clamp at 1
+  follows open-instruct's ``wpo_loss`` (which, unlike this loss, lets the gradient flow through
+  the weight); TRL does *not* clamp: TRL 1.16's ``use_weighting`` multiplies the loss by the
+  unclamped ``exp(m_c)·exp(m_r)``, computed without gradient, with ``m`` the "sampled alignment"
+  mean in which each token's log-prob is reduced by ``log Σ_v π(v)²`` (so ``w`` can exceed 1
+  there). With plain means ``w ≤ 1`` always (``m ≤ 0``), so the clamp only matters for such
+  overrides. By default ``m = s / n`` (open-instruct); pass ``policy_chosen_token_mean`` /
+  ``policy_rejected_token_mean`` to use another per-token mean, e.g. TRL's.
 
 Metrics per pair: ``chosen_reward``, ``rejected_reward`` (β × the log-ratio the loss uses; for the
 reference-free ``simpo`` β × the policy's mean log-prob), ``reward_margin``, ``reward_accuracy``

@@ -1,8 +1,15 @@
 """The "ifeval" verifier: checks every instruction of a sample, strict or loose.
 
-Ground truth: `{"instruction_id_list": [...], "kwargs": [{...}, ...]}`, as a dict or its JSON
-string (the IFEval / RLVR-IFeval layout). Score: the fraction of instructions followed
-(`reward="fraction"`, default) or 1.0 only if all are followed (`reward="all"`).
+Ground truth, as a dict or its JSON string, in either of two shapes:
+
+* IFEval's `{"instruction_id_list": [...], "kwargs": [{...}, ...]}` (google-research IFEval, HF
+  `google/IFEval`, open-instruct's `IFEvalVerifier`). Score: the fraction of instructions followed
+  (`reward="fraction"`, default) or 1.0 only if all are followed (`reward="all"`).
+* Tülu 3's released RLVR IF rows, `{"func_name": "<one of IF_FUNCTIONS>", <its arguments>, <other
+  arguments: null>}` (allenai/RLVR-IFeval, RLVR-GSM-MATH-IF-Mixed-Constraints; open-instruct's
+  `IFEvalVerifierOld`): one function, scored 1/0 with open-instruct's semantics on open-instruct's
+  answer text (see `if_functions`); `mode` and `reward` do not apply. A function that cannot
+  evaluate its input scores 0 with the reason in `details["error"]`.
 
 Modes, as in the reference evaluation:
 * strict: the instruction is checked on the response as is; an empty response follows nothing.
@@ -18,9 +25,11 @@ from typing import Any
 
 # Importing the check modules registers all 25 instruction types.
 from megatron_tulu.rewards.ifeval import checks_framing, checks_structure, checks_words  # noqa: F401
+from megatron_tulu.rewards.ifeval.if_functions import IF_FUNCTIONS, evaluate
 from megatron_tulu.rewards.ifeval.spec import INSTRUCTIONS, validate_instruction
 from megatron_tulu.rewards.ifeval.text import preload_language_profiles
 from megatron_tulu.rewards.registry import InvalidGroundTruthError, register_verifier
+from megatron_tulu.rewards.thinking import open_instruct_answer
 from megatron_tulu.rewards.types import VerifierResult
 
 MODES = ("strict", "loose")
@@ -28,15 +37,53 @@ REWARDS = ("fraction", "all")
 _REPEAT_PROMPT = "combination:repeat_prompt"
 
 
-def parse_ground_truth(ground_truth: Any) -> list[tuple[str, dict[str, Any]]]:
-    """[(instruction_id, normalised kwargs), ...]; raises InvalidGroundTruthError."""
+FUNC_NAME = "func_name"
+
+
+def _as_object(ground_truth: Any) -> Any:
     if isinstance(ground_truth, str):
         try:
-            ground_truth = json.loads(ground_truth)
+            return json.loads(ground_truth)
         except ValueError as exc:
             raise InvalidGroundTruthError(f"ifeval ground truth is not valid JSON: {exc}") from None
+    return ground_truth
+
+
+def is_function_ground_truth(ground_truth: Any) -> bool:
+    """Whether the ground truth is the RLVR `func_name` shape (JSON strings are parsed first)."""
+    try:
+        loaded = _as_object(ground_truth)
+    except InvalidGroundTruthError:
+        return False
+    return isinstance(loaded, dict) and FUNC_NAME in loaded
+
+
+def parse_function_ground_truth(ground_truth: Any) -> tuple[str, dict[str, Any]]:
+    """(function name, non-null arguments) of an RLVR IF ground truth; InvalidGroundTruthError."""
+    loaded = _as_object(ground_truth)
+    if not isinstance(loaded, dict) or FUNC_NAME not in loaded:
+        raise InvalidGroundTruthError(f"ifeval ground truth must be an object with {FUNC_NAME!r}")
+    name = loaded[FUNC_NAME]
+    if name not in IF_FUNCTIONS:
+        raise InvalidGroundTruthError(
+            f"unknown IF function {name!r}; known: {', '.join(sorted(IF_FUNCTIONS))}"
+        )
+    arguments = {k: v for k, v in loaded.items() if k != FUNC_NAME and v is not None}
+    return name, arguments
+
+
+def parse_ground_truth(ground_truth: Any) -> list[tuple[str, dict[str, Any]]]:
+    """[(instruction_id, normalised kwargs), ...] of an IFEval-shape ground truth.
+
+    Raises InvalidGroundTruthError (also for the `func_name` shape, which
+    `parse_function_ground_truth` reads).
+    """
+    ground_truth = _as_object(ground_truth)
     if not isinstance(ground_truth, dict) or "instruction_id_list" not in ground_truth:
-        raise InvalidGroundTruthError("ifeval ground truth must be an object with 'instruction_id_list'")
+        raise InvalidGroundTruthError(
+            "ifeval ground truth must be an object with 'instruction_id_list' (IFEval) "
+            f"or {FUNC_NAME!r} (Tülu 3 RLVR)"
+        )
     ids = ground_truth["instruction_id_list"]
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise InvalidGroundTruthError("'instruction_id_list' must be a non-empty list of strings")
@@ -49,7 +96,10 @@ def parse_ground_truth(ground_truth: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def validate_ifeval_ground_truth(ground_truth: Any) -> None:
-    parse_ground_truth(ground_truth)
+    if is_function_ground_truth(ground_truth):
+        parse_function_ground_truth(ground_truth)
+    else:
+        parse_ground_truth(ground_truth)
 
 
 def loose_variants(response: str) -> list[str]:
@@ -96,6 +146,8 @@ def verify_ifeval(
 ) -> VerifierResult:
     if reward not in REWARDS:
         raise ValueError(f"ifeval reward must be one of {REWARDS}, got {reward!r}")
+    if is_function_ground_truth(ground_truth):
+        return _verify_function(response, ground_truth)
     verdicts = check_instructions(response, ground_truth, prompt, mode)
     followed = [ok for _, ok in verdicts]
     fraction = sum(followed) / len(followed)
@@ -109,3 +161,13 @@ def verify_ifeval(
             "followed_fraction": fraction,
         },
     )
+
+
+def _verify_function(response: str, ground_truth: Any) -> VerifierResult:
+    """The RLVR `func_name` shape, as open-instruct's `IFEvalVerifierOld` scores it."""
+    name, arguments = parse_function_ground_truth(ground_truth)
+    followed, reason = evaluate(name, open_instruct_answer(response), arguments)
+    details: dict[str, Any] = {"function": name, "followed": followed}
+    if reason is not None:
+        details["error"] = reason
+    return VerifierResult(float(followed), details)
