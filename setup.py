@@ -25,7 +25,10 @@ setup(
     version="0.1.0",
     description="Tülu 3 post-training (SFT, length-normalized DPO, PPO/RLVR) on Megatron-Core with vLLM rollouts",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_tulu", "megatron_tulu.*"]),
+    # The top-level kernels/ directory ships as megatron_tulu.kernels (a top-level package named
+    # `kernels` would shadow Hugging Face's `kernels`, which transformers probes for).
+    packages=[*find_packages(include=["megatron_tulu", "megatron_tulu.*"]), "megatron_tulu.kernels"],
+    package_dir={"megatron_tulu.kernels": "kernels"},
     include_package_data=True,
     package_data={"megatron_tulu": ["assets/*", "assets/**/*"]},
     install_requires=[],
