@@ -126,16 +126,39 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if resume_step > 0 and line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept = self._rows_up_to(resume_step) if resume_step > 0 else []
             self.path.write_text("".join(line + "\n" for line in kept))
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+
+    def _rows_up_to(self, resume_step: int) -> list[str]:
+        """Lines of the old file with step <= ``resume_step``. A torn last line (the process was
+        killed mid-write) is dropped: its step is re-run. A bad line elsewhere means the file is not
+        ours or was edited, which is an error naming the line."""
+        from megatron_tulu.errors import UserError
+
+        lines = self.path.read_text(errors="replace").splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if number == len(lines):
+                    print(
+                        f"[resume] {self.path}:{number}: dropped a torn last line (the run was killed mid-write)"
+                    )
+                    continue
+                raise UserError(
+                    f"{self.path}:{number}: not a JSON metrics row ({exc.msg}, column {exc.colno}); "
+                    "fix or delete that line, or resume into a fresh train.output_dir"
+                ) from exc
+            if isinstance(row, dict) and row.get("step", 0) <= resume_step:
+                kept.append(line)
+        return kept
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -176,15 +199,18 @@ def save_config(cfg: Any, out_dir: str | os.PathLike) -> None:
 
 
 def resume_step(cfg: RunConfig, ckpt_root: Path, chunks, optimizer, scheduler) -> int:
-    """Load the newest complete checkpoint when ``checkpoint.resume`` is set; return its step."""
-    from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint
+    """Load the checkpoint ``checkpoint.resume`` (false | true | auto) selects; return its step.
 
-    if not cfg.checkpoint.resume:
+    The choice (and its errors: nothing to resume with ``true``, damaged files) is
+    :func:`megatron_tulu.engine.checkpoint.resolve_resume`, shared with the RL trainer; the
+    checksums were verified there, so the load does not read every file twice.
+    """
+    from megatron_tulu.engine.checkpoint import load_checkpoint, resolve_resume
+
+    chosen = resolve_resume(cfg.checkpoint, ckpt_root)
+    if chosen is None:
         return 0
-    latest = find_latest(cfg.checkpoint.load_dir or ckpt_root)
-    if latest is None:
-        return 0
-    return int(load_checkpoint(latest, chunks, optimizer, scheduler)["step"])
+    return int(load_checkpoint(chosen, chunks, optimizer, scheduler, verify=False)["step"])
 
 
 def train_loop(

@@ -7,6 +7,7 @@ These are the only config types the library reads; YAML files in ``hydra_conf/``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -85,8 +86,12 @@ class CheckpointConfig:
     save_dir: str | None = None
     save_interval: int = 0  # steps; 0: only the final checkpoint
     load_dir: str | None = None
-    resume: bool = False
+    # false | true | auto (see engine/checkpoint.resolve_resume). Typed Any so that YAML booleans
+    # stay booleans (old configs, `if cfg.checkpoint.resume`) next to the string "auto";
+    # config/load.py normalises "true"/"false" strings and refuses anything else.
+    resume: Any = False
     keep_last: int = 2
+    verify_on_load: bool = True  # check per-file checksums before resuming (false: skip, faster)
 
 
 @dataclass
