@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "SFT -> DPO -> RLVR with held-out accuracy per stage",
     ),
     "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
+    "eval": ("megatron_tulu.evaluation.cli:main", "benchmark scores (GSM8K/MATH/IFEval) via vLLM"),
     "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
     "plan-refit": (
         "megatron_tulu.rollout.bridge.plan_cli:main",
