@@ -7,6 +7,7 @@ Hydra overrides for trainers), so importing the CLI stays cheap and commands sta
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
     "eval": ("megatron_tulu.evaluation.cli:main", "benchmark scores (GSM8K/MATH/IFEval) via vLLM"),
     "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
+    "checkpoint": (
+        "megatron_tulu.engine.checkpoint:main",
+        "checkpoint tools: `checkpoint verify DIR` checks every file against its checksum",
+    ),
     "plan-refit": (
         "megatron_tulu.rollout.bridge.plan_cli:main",
         "print the learner->vLLM weight refit plan and its cost",
@@ -58,19 +63,39 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def _setup_process() -> None:
+    """Process-wide set-up before any command module is imported: known third-party import noise
+    off; helper processes forked from here die with us (engine/hygiene.py); a torchrun rank dies
+    with its launcher, so a SIGKILLed ``torchrun`` leaves no rank (and no rank's helpers) behind."""
+    from megatron_tulu.engine import hygiene
+    from megatron_tulu.errors import silence_import_noise
+
+    silence_import_noise()
+    hygiene.install()
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        hygiene.die_with_parent(signal.SIGKILL, expected_parent=os.getppid())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch; user errors (bad config, input or checkpoint) end as one ``error:`` line, exit 2."""
+    from megatron_tulu.errors import report
+
     argv = list(sys.argv[1:] if argv is None else argv)
     exit_on_sigterm()
+    _setup_process()
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"megatron-tulu: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    result = func(rest)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        result = func(rest)
+    except Exception as exc:  # report() re-raises everything that is not a user error
+        return report(exc)
     return int(result or 0)
 
 
