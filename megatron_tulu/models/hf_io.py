@@ -6,12 +6,14 @@ same code imports a tiny model in one process or 405B under torchrun.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,12 +57,56 @@ def shapes_for(cfg: ModelConfig, tp: int) -> Shapes:
     )
 
 
+_REQUIRED_HF_KEYS = (
+    "hidden_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """``json.loads`` of a file, with damage reported as an error naming the file, line and column."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise HFCheckpointError(
+            f"{path}: {what} is not UTF-8 text (byte {exc.start}); the file is damaged"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise HFCheckpointError(
+            f"{path}:{exc.lineno}:{exc.colno}: {what} is not valid JSON ({exc.msg}); fix or replace the file"
+        ) from exc
+
+
+@contextlib.contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """``safe_open`` that names the file when its header is truncated or corrupt (safetensors' own
+    error says only "incomplete metadata")."""
+    try:
+        handle = safe_open(path, framework="pt")
+    except Exception as exc:  # SafetensorError / OSError: damaged or truncated file
+        size = path.stat().st_size if path.exists() else 0
+        raise HFCheckpointError(
+            f"{path}: not a readable safetensors file ({exc}; {size} bytes), probably truncated or "
+            "corrupted; re-export or re-download it"
+        ) from exc
+    with handle as f:
+        yield f
+
+
 def model_config_from_hf(hf_dir: str | os.PathLike, name: str | None = None) -> ModelConfig:
     """A ModelConfig matching an HF Llama ``config.json``; refuses what Megatron cannot express."""
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise HFCheckpointError(f"{path}: no config.json in the HF directory")
-    hf = json.loads(path.read_text())
+    hf = read_json(path, "HF config")
+    if not isinstance(hf, dict):
+        raise HFCheckpointError(f"{path}: expected a JSON object, got {type(hf).__name__}")
+    missing = [k for k in _REQUIRED_HF_KEYS if k not in hf]
+    if missing:
+        raise HFCheckpointError(f"{path}: missing field(s) {', '.join(missing)} of an HF Llama config")
     arch = hf.get("architectures") or []
     if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in arch:
         raise HFCheckpointError(f"{path}: model_type={hf.get('model_type')!r} is not a Llama model")
@@ -140,13 +186,18 @@ class SafetensorsReader:
         self.dir = Path(hf_dir)
         index = self.dir / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.files = {name: self.dir / f for name, f in weight_map.items()}
+            weight_map = read_json(index, "safetensors index")
+            if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+                raise HFCheckpointError(f"{index}: no 'weight_map' object (not a safetensors index)")
+            self.files = {name: self.dir / f for name, f in weight_map["weight_map"].items()}
+            for f in sorted(set(self.files.values())):
+                if not f.is_file():
+                    raise HFCheckpointError(f"{f}: listed in {index.name} but missing")
         else:
             single = self.dir / "model.safetensors"
             if not single.is_file():
                 raise HFCheckpointError(f"{self.dir}: neither model.safetensors nor an index file found")
-            with safe_open(single, framework="pt") as f:
+            with open_safetensors(single) as f:
                 self.files = {name: single for name in f.keys()}
 
     def get(self, name: str, expected_shape: tuple[int, ...]) -> torch.Tensor:
@@ -154,8 +205,14 @@ class SafetensorsReader:
             raise HFCheckpointError(
                 f"{self.dir}: tensor {name!r} is missing (expected shape {list(expected_shape)})"
             )
-        with safe_open(self.files[name], framework="pt") as f:
-            tensor = f.get_tensor(name)
+        with open_safetensors(self.files[name]) as f:
+            try:
+                tensor = f.get_tensor(name)
+            except Exception as exc:  # SafetensorError is not importable by name in every release
+                raise HFCheckpointError(
+                    f"{self.files[name]}: tensor {name!r} cannot be read ({exc}); the file is damaged, "
+                    "re-export or re-download it"
+                ) from exc
         if tuple(tensor.shape) != tuple(expected_shape):
             raise HFCheckpointError(
                 f"{self.files[name]}: tensor {name!r} has shape {list(tensor.shape)}, "

@@ -9,6 +9,10 @@ milliseconds, already has every module imported and every verifier registered (i
 defined in a user's script), and works from daemonic pool workers that may not start
 `multiprocessing` children.
 
+Process hygiene: a worker asks the kernel for SIGKILL when its parent dies (prctl
+PR_SET_PDEATHSIG, see engine/hygiene.py), so a SIGKILLed trainer or `verify` leaves no worker
+behind, even one stuck in a runaway task that never reads its pipe again.
+
 Known limitation: forking a process that has other threads holding locks can leave such a lock
 held in the worker; a verifier touching it would hang, be killed at the limit and score 0.
 Python's own locks (logging, import) are reset after fork, so this does not happen in practice.
@@ -27,6 +31,8 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from megatron_tulu.engine.hygiene import die_with_parent
 
 _HEADER = struct.Struct("!Q")
 
@@ -105,9 +111,14 @@ class _Worker:
     def __init__(self, generation: int):
         to_worker_read, to_worker_write = os.pipe()
         from_worker_read, from_worker_write = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the forked worker
             try:
+                # Die with the owning thread's process even on SIGKILL (a worker busy in a runaway
+                # regex would never read the EOF of its pipe). The signal follows the forking
+                # thread, which matches the ownership rule: one worker per calling thread.
+                die_with_parent(signal.SIGKILL, expected_parent=parent)
                 os.close(to_worker_write)
                 os.close(from_worker_read)
                 _close_inherited_worker_pipes()
