@@ -110,7 +110,9 @@ def _iter_jsonl(path: Path, skip: SkipReport | None) -> Iterator[tuple[str, Any]
                 reject(location, RowError(INVALID_UTF8, f"invalid UTF-8 at byte {e.start} of the line"), skip)
                 continue
             try:
-                row = json.loads(text)
+                # Without its line ending, so that an error at the end of a truncated line reports
+                # that line's last column (with the "\n" json reports "line 2 column 1").
+                row = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 reject(location, RowError(INVALID_JSON, f"invalid JSON: {e.msg} at column {e.colno}"), skip)
                 continue
@@ -124,9 +126,50 @@ def _iter_jsonl(path: Path, skip: SkipReport | None) -> Iterator[tuple[str, Any]
             yield location, row
 
 
+# Files ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write next to the data.
+_SAVE_TO_DISK_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")
+
+
+def _is_save_to_disk(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in _SAVE_TO_DISK_MARKERS)
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """The parquet files of a hub-layout dataset folder, in order.
+
+    The Hugging Face hub layout (what ``huggingface-cli download --repo-type dataset`` or
+    ``snapshot_download`` leaves on disk, e.g. allenai/tulu-3-sft-mixture) keeps shards as
+    ``data/<split>-00000-of-00004.parquet``. When shards named after a ``train`` split exist only
+    they are read (the folder is a training set); otherwise every parquet file below ``path``.
+    """
+    files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+    train = [p for p in files if p.name.startswith("train-") or p.name == "train.parquet"]
+    return train or files
+
+
+def _iter_parquet(files: Sequence[Path]) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for file in files:
+        index = 0
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield f"{file}[{index}]", row
+                index += 1
+
+
 def _iter_hf_disk(path: Path) -> Iterator[tuple[str, Any]]:
     import datasets
 
+    if not _is_save_to_disk(path):
+        files = parquet_files(path)
+        if not files:
+            raise DataError(
+                f"{path}: not a dataset folder: no save_to_disk files ({', '.join(_SAVE_TO_DISK_MARKERS)}) "
+                "and no .parquet files (hub layout)"
+            )
+        yield from _iter_parquet(files)
+        return
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         # A DatasetDict saved whole: read its splits in name order, naming the split in the location.
@@ -139,9 +182,10 @@ def _iter_hf_disk(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def read_rows(path: PathLike, skip: SkipReport | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(location, row)`` for a JSONL file or a directory written by ``Dataset.save_to_disk``.
+    """Yield ``(location, row)`` for a JSONL file, a parquet file, or a dataset folder.
 
-    Blank JSONL lines are ignored. Undecodable or unparsable lines, and lines that are not JSON objects,
+    A folder is read as written by ``Dataset.save_to_disk`` (arrow) or, without those files, as the
+    Hugging Face hub layout of parquet shards (``parquet_files``). Blank JSONL lines are ignored. Undecodable or unparsable lines, and lines that are not JSON objects,
     raise ``DataError`` naming file and line, or are counted in ``skip`` when one is given.
     """
     p = Path(path)
@@ -149,8 +193,21 @@ def read_rows(path: PathLike, skip: SkipReport | None = None) -> Iterator[tuple[
         raise FileNotFoundError(f"{p}: no such file or directory")
     if p.is_dir():
         yield from _iter_hf_disk(p)
+    elif p.suffix == ".parquet":
+        yield from _iter_parquet([p])
     else:
         yield from _iter_jsonl(p, skip)
+
+
+def check_not_all_skipped(paths: Sequence[Path], valid_rows: int, skip: SkipReport | None) -> None:
+    """Raise ``DataError`` when ``skip_bad`` left no row at all, naming what was skipped.
+
+    Training on nothing is never what was meant, and the later "0 rows" message would hide that
+    every row was rejected (and why).
+    """
+    if valid_rows == 0 and skip is not None and skip.total > 0:
+        names = ", ".join(str(p) for p in paths)
+        raise DataError(f"{names}: no usable rows: every row was bad and skipped; {skip.summary()}")
 
 
 def as_path_list(paths: PathLike | Sequence[PathLike]) -> list[Path]:

@@ -36,6 +36,7 @@ from megatron_tulu.data.io import (
     as_path_list,
     cached_map,
     check_messages,
+    check_not_all_skipped,
     data_fingerprint,
     read_rows,
     reject,
@@ -207,6 +208,7 @@ def load_preference_examples(
             records.append({"prefix": prefix, "chosen": chosen, "rejected": rejected})
             meta.append((location, None if row.get("id") is None else str(row["id"])))
     report.rows = len(records)
+    check_not_all_skipped(path_list, len(records), skip)
     if not records:
         return [], report
 

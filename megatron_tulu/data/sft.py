@@ -26,6 +26,7 @@ from megatron_tulu.data.io import (
     as_path_list,
     cached_map,
     check_messages,
+    check_not_all_skipped,
     data_fingerprint,
     read_rows,
     reject,
@@ -131,6 +132,7 @@ def load_sft_examples(
             records.append({"messages": messages})
             meta.append((location, None if row.get("id") is None else str(row["id"])))
     report.rows = len(records)
+    check_not_all_skipped(path_list, len(records), skip)
     if not records:
         return [], report
 

@@ -18,6 +18,16 @@ right:
 The gold may be a bare number, a number with separators or a "$" sign, or a full GSM8K solution
 ending in "#### 42". If the gold is not a number, or the response has no number, the comparison
 falls back to the reference's lower-cased string equality.
+
+`rule` selects the comparison (`verify --gsm8k-rule`, verifier option `rule`):
+
+* `"numeric"` (default): the rule above.
+* `"open-instruct"`: open-instruct's `GSM8KVerifier` as of its commit d979761 (2026-03, "Fix GSM8K
+  reward parsing for signed answers"), exactly: join digits around every comma, take the last
+  match of `[-+]?(?:\\d*\\.\\d+|\\d+)` (the whole response if none), compare its lower-cased string
+  with the lower-cased gold string as given (no "####" handling, so "5.0" != "5").
+* `"tulu3"`: the same at the Tülu 3 release, whose regex `[-+]?\\d*\\.\\d+|\\d+` signs decimals only
+  ("-5" extracts "5").
 """
 
 from __future__ import annotations
@@ -34,6 +44,18 @@ _THOUSANDS_SEPARATOR = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = re.compile(r"(?:(?<![\w)\]}])([-+\u2212]))?(\d+(?:\.\d+)?|\.\d+)")
 _PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)")
 _GOLD_MARKER = "####"
+RULES = ("numeric", "open-instruct", "tulu3")
+_DIGIT_COMMA_DIGIT = re.compile(r"(\d),(\d)")
+_OPEN_INSTRUCT_NUMBER = re.compile(r"[-+]?(?:\d*\.\d+|\d+)")
+_TULU3_NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
+
+
+def reference_string_rule(response: str, ground_truth: Any, number: re.Pattern[str]) -> tuple[bool, str]:
+    """open-instruct's GSM8K comparison with extraction regex `number`: (correct, extracted)."""
+    joined = _DIGIT_COMMA_DIGIT.sub(r"\1\2", response)
+    numbers = number.findall(joined)
+    extracted = numbers[-1] if numbers else joined
+    return str(extracted).lower() == str(ground_truth).lower(), extracted
 
 
 def extract_last_number(text: str) -> str | None:
@@ -73,7 +95,15 @@ def validate_gsm8k_ground_truth(ground_truth: Any) -> None:
 
 
 @register_verifier("gsm8k", validate=validate_gsm8k_ground_truth)
-def verify_gsm8k(response: str, ground_truth: Any, prompt: str = "") -> VerifierResult:
+def verify_gsm8k(response: str, ground_truth: Any, prompt: str = "", rule: str = "numeric") -> VerifierResult:
+    if rule not in RULES:
+        raise ValueError(f"gsm8k rule must be one of {RULES}, got {rule!r}")
+    if rule != "numeric":
+        number = _OPEN_INSTRUCT_NUMBER if rule == "open-instruct" else _TULU3_NUMBER
+        correct, extracted = reference_string_rule(response, ground_truth, number)
+        return VerifierResult(
+            float(correct), {"extracted": extracted[:200], "gold": str(ground_truth), "rule": rule}
+        )
     gold = normalize_gold(ground_truth)
     predicted = extract_last_number(response)
     gold_number = _as_decimal(gold)

@@ -12,10 +12,20 @@ math-verify sees each candidate *before* Minerva normalisation (which mangles va
 Where the response boxes several answers, the last box counts (Tülu), whereas math-verify alone
 would merge all boxes into a set.
 
+Raw-text rule (no `\\boxed{}`, no Minerva line, no `$...$` span): the *whole* response is the
+answer, as in open-instruct's flex verifier, whose last resort compares
+`normalize_final_answer(response)` with the gold. Minerva normalisation removes spaces, units and
+filler words and keeps what follows the last "=", so "5", "5 cm" and "x = 5" are the answer 5,
+while "I think it is 3 or maybe 5" (normalised "Ithinkitis3ormaybe5") and "1 2 3 4 5 6 7 8 9 10"
+("12345678910") are not 5 or 10: a number inside prose never counts. (Until 2026-11 the last
+plain number of the text was taken, which let such responses collect the reward.) Responses whose
+normalised form is longer than `RAW_MAX_CHARS` are compared as strings only.
+
 Safety: only math-verify's LaTeX extraction is used. Its plain-expression extraction goes through
-`sympy.parse_expr`, which calls `eval`, so it is never enabled; for the raw-text path a plain
-trailing number is wrapped as LaTeX instead. Predictions that evaluate to `zoo`/`nan` (e.g.
-`\\frac{1}{0}`) never count as correct. The call runs under the hard time limit of
+`sympy.parse_expr`, which calls `eval`, so it is never enabled. Undefined values never count as
+correct: a prediction that evaluates to `zoo`/`nan` (e.g. `\\frac{1}{0}`) scores 0 by either
+comparison, and so does every prediction for a gold that is itself undefined (a gold of
+`\\frac{1}{0}` has no correct answer, not even `\\frac{1}{0}`). The call runs under the hard time limit of
 `megatron_tulu.rewards.sandbox`; math-verify's own signal-based limits are used in addition when
 running on a main thread (always the case inside the sandbox worker).
 """
@@ -23,7 +33,6 @@ running on a main thread (always the case inside the sandbox worker).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Any
 
@@ -37,9 +46,8 @@ from megatron_tulu.rewards.types import VerifierResult
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 INNER_TIMEOUT_S = 2  # math-verify's per-parse / per-comparison limit (whole seconds, signal-based)
-RAW_TAIL_CHARS = 4000  # the raw-text path only looks at the end of the response, where answers are
+RAW_MAX_CHARS = 1000  # raw-text answers longer than this (normalised) are not parsed as LaTeX
 _DETAIL_CHARS = 200
-_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 
 
 def _inner_timeout() -> int | None:
@@ -70,24 +78,19 @@ def _parse_answer(answer: str) -> list[Any]:
     return _parse_latex("$" + answer + "$")
 
 
-def _parse_raw(response: str) -> list[Any]:
-    tail = response[-RAW_TAIL_CHARS:]
-    parsed = _parse_latex(tail)
-    if parsed:
-        return parsed
-    numbers = _PLAIN_NUMBER.findall(tail)
-    return _parse_latex("$" + numbers[-1] + "$") if numbers else []
+def _undefined(values: list[Any]) -> bool:
+    """Whether a parse holds an undefined value (`zoo`, `nan`): such answers are never correct.
 
-
-def _without_undefined(values: list[Any]) -> list[Any]:
+    math-verify returns [sympy value, source string]; dropping only the sympy value would let the
+    string of `\\frac{1}{0}` still match, so the whole parse is discarded.
+    """
     import sympy
 
-    kept = []
-    for value in values:
-        if isinstance(value, sympy.Basic) and value.has(sympy.zoo, sympy.nan):
-            continue
-        kept.append(value)
-    return kept
+    return any(isinstance(value, sympy.Basic) and value.has(sympy.zoo, sympy.nan) for value in values)
+
+
+def _defined(values: list[Any]) -> list[Any]:
+    return [] if _undefined(values) else values
 
 
 def _math_verify_equal(gold: list[Any], candidate: Candidate, response: str) -> bool:
@@ -100,13 +103,26 @@ def _math_verify_equal(gold: list[Any], candidate: Candidate, response: str) -> 
             # A box was opened but never closed: the final answer is malformed. Do not fish a
             # number out of the surrounding text (the reference also scores this False).
             return False
-        predicted = _parse_raw(response)
+        if not candidate.answer or len(candidate.answer) > RAW_MAX_CHARS:
+            return False
+        # The whole response, Minerva-normalised, is the answer (module docstring); a closing
+        # sentence period is not part of it.
+        answer = candidate.answer[:-1] if candidate.answer.endswith(".") else candidate.answer
+        predicted = _parse_answer(answer) if answer else []
     else:
         predicted = _parse_answer(candidate.latex)
-    predicted = _without_undefined(predicted)
+    predicted = _defined(predicted)
     if not predicted:
         return False
     return bool(verify(gold, predicted, timeout_seconds=_inner_timeout()))
+
+
+def _string_equal(candidate: Candidate, gold_normalized: str) -> bool:
+    """The reference's Hendrycks string check, refused for answers that evaluate to undefined."""
+    if not gold_normalized or hendrycks_normalize(candidate.answer) != gold_normalized:
+        return False
+    text = candidate.latex or candidate.answer
+    return len(text) > RAW_MAX_CHARS or not _undefined(_parse_answer(text))
 
 
 def _short(text: str) -> str:
@@ -132,7 +148,11 @@ def warm_up_math() -> None:
 )
 def verify_math(response: str, ground_truth: Any, prompt: str = "") -> VerifierResult:
     gold_text = str(ground_truth).strip()
-    gold = _without_undefined(_parse_answer(gold_text))
+    gold_parsed = _parse_answer(gold_text)
+    if _undefined(gold_parsed):
+        # Nothing equals an undefined value (module docstring), not even the same expression.
+        return VerifierResult(0.0, {"gold": _short(gold_text), "error": "gold answer is undefined"})
+    gold = gold_parsed
     gold_normalized = hendrycks_normalize(gold_text)
     candidates = extract_candidates(response)
     details: dict[str, Any] = {
@@ -144,7 +164,7 @@ def verify_math(response: str, ground_truth: Any, prompt: str = "") -> VerifierR
         if _math_verify_equal(gold, candidate, response):
             details["matched"] = {"source": candidate.source, "by": "math_verify"}
             return VerifierResult(1.0, details)
-        if gold_normalized and hendrycks_normalize(candidate.answer) == gold_normalized:
+        if _string_equal(candidate, gold_normalized):
             details["matched"] = {"source": candidate.source, "by": "string"}
             return VerifierResult(1.0, details)
     return VerifierResult(0.0, details)

@@ -115,7 +115,10 @@ def test_minerva_normalize(raw, expected):
         (r"\boxed{3}", "4", False, None),
         ("Final Answer: The final answer is $\\sqrt{2}$. I hope it is correct.", r"\sqrt2", True, "minerva"),
         (r"so $x = 10$ works", "10", True, "dollars"),
-        ("The answer is 10", "10", True, "raw"),
+        # Raw text: the whole response is the answer (open-instruct flex), never a number in prose.
+        ("10", "10", True, "raw"),
+        ("x = 10 cm", "10", True, "raw"),
+        ("The answer is 10", "10", False, None),
         (r"\boxed{\text{(C)}}", r"\text{(C)}", True, "boxed"),
         (r"\boxed{18.90}", r"\$18.90", True, "boxed"),
         (r"\boxed{3} Final Answer: The final answer is 4. I hope it is correct.", "4", True, "minerva"),
