@@ -149,8 +149,8 @@ def _triton_kernels() -> dict[str, Any]:
         row = tl.program_id(0)
         zrow = z_ptr + row.to(tl.int64) * stride_z
         m = tl.full((), -1e30, tl.float32)
-        s = tl.zeros((), tl.float32)
-        u = tl.zeros((), tl.float32)
+        s = tl.full((), 0.0, tl.float32)
+        u = tl.full((), 0.0, tl.float32)
         for v0 in range(0, local_vocab, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             ok = cols < n_valid

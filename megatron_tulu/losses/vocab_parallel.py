@@ -9,9 +9,14 @@ the target logit; all are differentiable through Megatron's region mappings.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
+from megatron.core.tensor_parallel.mappings import (
+    gather_from_sequence_parallel_region,
+    reduce_from_tensor_model_parallel_region,
+)
 
 
 def _tp_world_and_rank() -> tuple[int, int]:
@@ -95,3 +100,97 @@ def gather_vocab_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
         )
         logits = torch.cat(parts, dim=-1)
     return logits[..., :vocab_size]
+
+
+# ------------------------------------------------------------------------------------------------
+# Fused head: log-probs straight from the last stage's hidden states (megatron_tulu.kernels)
+# ------------------------------------------------------------------------------------------------
+
+
+class TokenLogProbs(NamedTuple):
+    """What :func:`forward_token_log_probs` hands to a loss function on the last pipeline stage."""
+
+    logp: torch.Tensor  # [b, s] fp32 log p(label)
+    entropy: torch.Tensor | None  # [b, s] fp32, when asked for
+
+
+def _gpt(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):  # DDP / Float16Module wrappers
+        model = model.module
+    return model
+
+
+def gpt_hidden_states(model: torch.nn.Module, **forward_kwargs: Any) -> torch.Tensor:
+    """Run a ``GPTModel`` chunk but stop before its output layer: final-norm hidden states [s, b, h].
+
+    ``GPTModel._postprocess`` returns the decoder output unchanged when ``post_process`` is
+    False (that is how non-last pipeline stages work), and the decoder's own final norm is fixed
+    at construction, so clearing the public ``post_process`` attribute for the duration of one
+    forward yields exactly the tensor the output layer would have multiplied. Under sequence
+    parallelism the result is this rank's sequence shard (see :func:`forward_token_log_probs`).
+    """
+    gpt = _gpt(model)
+    if not gpt.post_process:
+        raise ValueError("gpt_hidden_states: this chunk is not the last pipeline stage")
+    gpt.post_process = False
+    try:
+        return model(**forward_kwargs)
+    finally:
+        gpt.post_process = True
+
+
+def output_weight(model: torch.nn.Module) -> torch.Tensor:
+    """This TP rank's [V_local, h] rows of the (padded) output weight, tied or not."""
+    gpt = _gpt(model)
+    if gpt.share_embeddings_and_output_weights:
+        return gpt.shared_embedding_or_output_weight()
+    return gpt.output_layer.weight
+
+
+def forward_token_log_probs(
+    model: torch.nn.Module,
+    labels: torch.Tensor,
+    vocab_size: int,
+    temperature: float = 1.0,
+    *,
+    fused: bool = True,
+    with_entropy: bool = False,
+    **forward_kwargs: Any,
+) -> torch.Tensor | TokenLogProbs:
+    """One forward of a GPTModel chunk for a trainer's ``forward_step``, fused or not.
+
+    On the last pipeline stage returns :class:`TokenLogProbs` (``labels`` [b, s] global ids);
+    on earlier stages the chunk's output tensor, which Megatron's schedule sends on. With
+    ``fused=True`` the logits are never materialised: hidden states and the output weight go to
+    ``megatron_tulu.kernels.fused_vocab_parallel_log_probs`` (chunked, recomputed in backward,
+    Triton on GPU); with ``fused=False`` it is today's path (full vocab-parallel logits, then
+    :func:`vocab_parallel_log_probs`). Both give the same values and gradients (tested at TP1,
+    TP2 and PP2); the fused entropy is differentiable, the unfused one is not.
+    """
+    gpt = _gpt(model)
+    if not gpt.post_process:
+        return model(**forward_kwargs)
+    if not fused:
+        logits = model(**forward_kwargs)
+        logp = vocab_parallel_log_probs(logits, labels, vocab_size, temperature)
+        ent = vocab_parallel_entropy(logits, vocab_size, temperature) if with_entropy else None
+        return TokenLogProbs(logp, ent)
+    from megatron_tulu.kernels import fused_vocab_parallel_log_probs
+
+    hidden = gpt_hidden_states(model, **forward_kwargs)
+    sequence_parallel = bool(getattr(gpt.output_layer, "sequence_parallel", False))
+    if sequence_parallel:
+        # the output layer would all-gather the sequence and reduce-scatter its gradient
+        hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)
+    out = fused_vocab_parallel_log_probs(
+        hidden.transpose(0, 1),
+        output_weight(model),
+        labels,
+        vocab_size,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        reduce_hidden_grad=not sequence_parallel,
+    )
+    if with_entropy:
+        return TokenLogProbs(*out)
+    return TokenLogProbs(out, None)
