@@ -21,6 +21,7 @@ from megatron_tulu.rewards.sandbox import (
     SandboxTimeout,
     run_with_time_limit,
 )
+from megatron_tulu.rewards.thinking import strip_thinking as answer_part
 from megatron_tulu.rewards.types import RewardResult, VerifierResult
 
 DEFAULT_ALPHA = 10.0
@@ -56,14 +57,19 @@ def verify_sample(
     *,
     time_limit: float | None = DEFAULT_TIME_LIMIT_S,
     verifier_options: Mapping[str, Mapping[str, Any]] | None = None,
+    strip_thinking: bool = False,
 ) -> VerifierResult:
     """Run the dataset's verifier under the hard time limit. Never raises for bad model output.
 
     A timeout, a crash of the worker or an exception inside the verifier scores 0 with the cause
     in `details["error"]`. Unknown datasets raise UnknownDatasetError (a data bug, not model output).
+    `strip_thinking` verifies only the answer part of a reasoning response (`thinking.strip_thinking`:
+    after the last `</think>`, inside the last `<answer>…</answer>`; nothing if `<think>` never closes).
     """
     verifier = get_verifier(dataset)
     options = dict((verifier_options or {}).get(verifier.name, {}))
+    if strip_thinking:
+        response = answer_part(response)
     try:
         result = run_with_time_limit(
             _call_registered,
@@ -93,10 +99,17 @@ def score_sample(
     no_eos_penalty: float = DEFAULT_NO_EOS_PENALTY,
     time_limit: float | None = DEFAULT_TIME_LIMIT_S,
     verifier_options: Mapping[str, Mapping[str, Any]] | None = None,
+    strip_thinking: bool = False,
 ) -> RewardResult:
     """Verify one response and turn the verdict into the RLVR reward."""
     verdict = verify_sample(
-        response, ground_truth, dataset, prompt, time_limit=time_limit, verifier_options=verifier_options
+        response,
+        ground_truth,
+        dataset,
+        prompt,
+        time_limit=time_limit,
+        verifier_options=verifier_options,
+        strip_thinking=strip_thinking,
     )
     eos = stopped_at_eos(finish_reason)
     reward = alpha * verdict.score if eos else no_eos_penalty
@@ -140,13 +153,15 @@ def compute_rewards(
     time_limit: float | None = DEFAULT_TIME_LIMIT_S,
     verifier_options: Mapping[str, Mapping[str, Any]] | None = None,
     on_done: Callable[[int], None] | None = None,
+    strip_thinking: bool = False,
 ) -> list[RewardResult]:
     """Score a batch of samples `{response, ground_truth, dataset, prompt?, finish_reason?}`.
 
     Runs on `workers` cores (default: all): each of `workers` threads drives its own forked worker
     process, so verification runs in parallel outside the GIL and every item gets its own hard time
     limit. Results are in input order. `on_done(i)` is called as item `i` finishes (progress bars).
-    Unknown datasets raise UnknownDatasetError before any work starts.
+    Unknown datasets raise UnknownDatasetError before any work starts. `strip_thinking`: see
+    `verify_sample` (off by default, as in Tülu 3, whose models do not think aloud).
     """
     for sample in samples:
         get_verifier(sample["dataset"])
@@ -164,6 +179,7 @@ def compute_rewards(
             no_eos_penalty=no_eos_penalty,
             time_limit=time_limit,
             verifier_options=verifier_options,
+            strip_thinking=strip_thinking,
         )
         if on_done is not None:
             on_done(index)

@@ -69,15 +69,28 @@ def iter_rows(path: str, fields: Sequence[str]) -> Iterator[Row]:
     if _is_hf_dataset(path):
         yield from _iter_hf_rows(path, fields)
         return
-    with open(path, encoding="utf-8") as handle:
+    # Bytes, decoded line by line, so a bad byte is reported with its file and line (a text-mode
+    # read raises a bare UnicodeDecodeError).
+    with open(path, "rb") as handle:
         index = 0
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # UTF-8 byte order mark
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{line_number}: invalid JSON: {exc}") from None
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{path}:{line_number}: invalid UTF-8 at byte {exc.start} of the line"
+                ) from None
+            try:
+                # Without the line ending, so a truncated line's error names its last column.
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                raise InputError(
+                    f"{path}:{line_number}: invalid JSON: {exc.msg} at column {exc.colno}"
+                ) from None
             prompt = extract_prompt(row, fields)
             if prompt is None:
                 raise InputError(f"{path}:{line_number}: no prompt found (looked for {', '.join(fields)})")
@@ -145,6 +158,9 @@ def build_eval_index(
         for row in iter_rows(path, fields):
             index.add(name, row.key, row.prompt)
             count += 1
+        if count == 0:
+            # Decontaminating against nothing would report every training set clean.
+            raise InputError(f"{path}: evaluation set has no rows; nothing to decontaminate against")
         sizes[name] = count
     return index, sizes
 

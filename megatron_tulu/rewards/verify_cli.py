@@ -30,6 +30,7 @@ from megatron_tulu.rewards.assembly import (
     DEFAULT_TIME_LIMIT_S,
     compute_rewards,
 )
+from megatron_tulu.rewards.gsm8k import RULES as GSM8K_RULES
 from megatron_tulu.rewards.registry import InvalidGroundTruthError, UnknownDatasetError, get_verifier
 from megatron_tulu.rewards.types import RewardResult
 
@@ -69,15 +70,28 @@ def _check_row(row: Any) -> None:
 def load_rows(path: str, skip_bad: bool) -> LoadedRows:
     """Read and validate every row; raise MalformedRowError on the first bad one unless `skip_bad`."""
     loaded = LoadedRows()
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+    # Bytes, decoded line by line: a text-mode read fails on the first bad byte with a bare
+    # UnicodeDecodeError that names neither file nor line, and --skip-bad could not skip it.
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # UTF-8 byte order mark
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"invalid UTF-8 at byte {exc.start} of the line") from None
+                # Without the line ending, so a truncated line's error names its last column.
+                row = json.loads(line.rstrip("\r\n"))
                 _check_row(row)
             except (ValueError, UnknownDatasetError, InvalidGroundTruthError) as exc:
-                reason = f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                reason = (
+                    f"invalid JSON: {exc.msg} at column {exc.colno}"
+                    if isinstance(exc, json.JSONDecodeError)
+                    else str(exc)
+                )
                 if not skip_bad:
                     raise MalformedRowError(f"{path}:{line_number}: {reason}") from None
                 loaded.skipped.append((line_number, reason))
@@ -160,6 +174,17 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ifeval-mode", choices=("strict", "loose"), default="strict")
     parser.add_argument("--ifeval-reward", choices=("fraction", "all"), default="fraction")
     parser.add_argument(
+        "--gsm8k-rule",
+        choices=GSM8K_RULES,
+        default="numeric",
+        help="numeric (default) | open-instruct (its exact string comparison) | tulu3 (as released)",
+    )
+    parser.add_argument(
+        "--strip-thinking",
+        action="store_true",
+        help="verify only the answer: text after the last </think>, inside the last <answer></answer>",
+    )
+    parser.add_argument(
         "--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, help="hard limit per item, seconds"
     )
     return parser.parse_args(argv)
@@ -180,6 +205,13 @@ def main(argv: list[str]) -> int:
         print(f"skipped {len(loaded.skipped)} malformed row(s) at line(s): {lines}", file=sys.stderr)
         for number, reason in loaded.skipped:
             print(f"  {args.input}:{number}: {reason}", file=sys.stderr)
+        if not loaded.rows:
+            print(
+                f"error: {args.input}: all {len(loaded.skipped)} row(s) are malformed and were skipped "
+                "(listed above); nothing to score",
+                file=sys.stderr,
+            )
+            return 2
 
     from tqdm import tqdm
 
@@ -197,8 +229,12 @@ def main(argv: list[str]) -> int:
             no_eos_penalty=args.no_eos_penalty,
             workers=args.workers,
             time_limit=args.time_limit if args.time_limit > 0 else None,
-            verifier_options={"ifeval": {"mode": args.ifeval_mode, "reward": args.ifeval_reward}},
+            verifier_options={
+                "ifeval": {"mode": args.ifeval_mode, "reward": args.ifeval_reward},
+                "gsm8k": {"rule": args.gsm8k_rule},
+            },
             on_done=on_done,
+            strip_thinking=args.strip_thinking,
         )
     finally:
         progress.close()
