@@ -69,29 +69,23 @@ def paired_sign_test(before: Sequence[bool], after: Sequence[bool]) -> dict[str,
 def evaluate_hf(
     hf_dir: str, heldout_file: str, max_new_tokens: int, seed: int = 0
 ) -> tuple[dict[str, float], list[bool]]:
-    """Greedy held-out generations of an HF model in vLLM, scored by the verifiers: the metrics and
+    """Greedy held-out generations of an HF model in a fresh vLLM engine, scored by the verifiers:
+    the RLVR trainer's held-out metrics (same names, same code: ``megatron_tulu.evaluation``) and
     each prompt's verdict (for paired comparisons between stages)."""
-    from megatron_tulu.algorithms.rlvr import load_prompts, rollout_metrics, score_outputs
     from megatron_tulu.data.tokenizer import load_tokenizer
-    from megatron_tulu.rewards import DEFAULT_ALPHA, DEFAULT_NO_EOS_PENALTY
-    from megatron_tulu.rollout.engine import RolloutEngine, SamplingSettings
+    from megatron_tulu.evaluation import EvalSettings, encode_items, evaluate, read_task_file
+    from megatron_tulu.rollout.engine import RolloutEngine
 
     tokenizer = load_tokenizer(hf_dir)
-    prompts = load_prompts([heldout_file], tokenizer, 512)
+    items = read_task_file(heldout_file, "heldout", "rlvr")
+    ids = encode_items(items, tokenizer, chat_template="tulu", max_prompt_len=512)
     with RolloutEngine(
         hf_dir, tp=1, dtype="float32", seed=seed, memory_fraction=0.2, max_model_len=1024
     ) as engine:
-        outs = engine.generate(
-            [p["ids"] for p in prompts],
-            SamplingSettings(
-                temperature=0.0,
-                max_new_tokens=max_new_tokens,
-                seed=seed,
-                stop_token_ids=(tokenizer.eos_token_id,),
-            ),
+        run = evaluate(
+            engine, items, ids, tokenizer, EvalSettings(max_new_tokens=max_new_tokens, seed=seed), workers=2
         )
-    samples = score_outputs(outs, prompts, tokenizer, DEFAULT_ALPHA, DEFAULT_NO_EOS_PENALTY)
-    return rollout_metrics(samples), [s.correct >= 1.0 for s in sorted(samples, key=lambda s: s.prompt_index)]
+    return run.rlvr_metrics(prefix=""), run.item_verdicts()
 
 
 def run_pipeline(argv: list[str]) -> dict[str, Any]:
