@@ -64,7 +64,11 @@ class ParallelConfig:
 class PrecisionConfig:
     params_dtype: str = "fp32"  # fp32 | bf16 | fp16
     fp8: str | None = None  # None | e4m3 | hybrid (Transformer Engine, GPU only)
+    # delayed | current (per-tensor current scaling) | blockwise (128-wide blocks) | mxfp8 (Blackwell)
     fp8_recipe: str = "delayed"
+    fp8_amax_history_len: int = 1024  # delayed scaling only
+    fp8_amax_compute_algo: str = "max"  # max | most_recent (delayed scaling only)
+    fp8_param: bool = False  # keep GEMM weights in FP8 (TE's fp8 params)
     transformer_impl: str = "auto"  # auto | local | transformer_engine
 
 

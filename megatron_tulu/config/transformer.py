@@ -19,11 +19,13 @@ def to_transformer_config(
     precision: PrecisionConfig,
     *,
     on_cuda: bool,
+    te_version: str | None = "probe",
     **overrides: Any,
 ) -> TransformerConfig:
     """Build the Llama ``TransformerConfig`` for a layout.
 
-    ``on_cuda`` is explicit (not probed) so the function stays pure and testable on CPU.
+    ``on_cuda`` is explicit (not probed) so the function stays pure and testable on CPU;
+    ``te_version`` likewise ("probe" asks the installed Transformer Engine, used for FP8 only).
     Loss normalisation is per-token style (``calculate_per_token_loss``): loss functions return
     (sum, denominator) and ``finalize_model_grads`` divides by the global denominator, which makes
     gradients independent of the micro-batch / DP split.
@@ -75,7 +77,9 @@ def to_transformer_config(
     if precision.fp8 is not None:
         if not on_cuda:
             raise ValueError("precision.fp8 needs CUDA and Transformer Engine; unset it on CPU")
-        kwargs.update(fp8=precision.fp8, fp8_recipe=precision.fp8_recipe)
+        kwargs.update(
+            fp8_settings(precision, installed_te_version() if te_version == "probe" else te_version)
+        )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 
@@ -98,3 +102,79 @@ def padded_vocab_size(model: ModelConfig, tp: int) -> int:
     """Megatron's padded vocabulary: a multiple of ``make_vocab_size_divisible_by * tp``."""
     multiple = model.make_vocab_size_divisible_by * tp
     return -(-model.vocab_size // multiple) * multiple
+
+
+# User-facing FP8 recipe names -> Megatron's ``fp8_recipe`` values, with the first Transformer
+# Engine release that has each (the gates of megatron/core/fp8_utils.py in megatron-core 0.16.1).
+FP8_RECIPES: dict[str, tuple[str, str]] = {
+    "delayed": ("delayed", "1.0"),
+    "current": ("tensorwise", "2.2.0.dev0"),
+    "tensorwise": ("tensorwise", "2.2.0.dev0"),
+    "blockwise": ("blockwise", "2.3.0.dev0"),
+    "mxfp8": ("mxfp8", "2.1.0"),
+}
+FP8_FORMATS = ("e4m3", "hybrid")
+FP8_AMAX_ALGOS = ("max", "most_recent")
+
+
+def installed_te_version() -> str | None:
+    """Transformer Engine's version string, or None when it is not installed (CPU machines)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in (
+        "transformer-engine",
+        "transformer_engine",
+        "transformer-engine-cu12",
+        "transformer-engine-cu13",
+    ):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def fp8_settings(precision: PrecisionConfig, te_version: str | None) -> dict[str, Any]:
+    """``precision.fp8*`` -> TransformerConfig FP8 fields, refusing what TE cannot run.
+
+    Pure (the TE version is passed in), so the whole mapping is tested on CPU although the TE
+    wheel cannot run here. Raises ValueError naming the field to change.
+    """
+    from packaging.version import Version
+
+    if precision.fp8 not in FP8_FORMATS:
+        raise ValueError(f"precision.fp8 must be one of {FP8_FORMATS} or null, got {precision.fp8!r}")
+    if precision.fp8_recipe not in FP8_RECIPES:
+        raise ValueError(
+            f"precision.fp8_recipe must be one of {sorted(FP8_RECIPES)}, got {precision.fp8_recipe!r}"
+        )
+    if precision.params_dtype not in ("bf16", "fp16"):
+        raise ValueError(
+            f"precision.fp8 trains with bf16 (or fp16) parameters; set precision.params_dtype=bf16 "
+            f"(got {precision.params_dtype!r})"
+        )
+    if precision.transformer_impl == "local":
+        raise ValueError("precision.fp8 needs the Transformer Engine layer spec, not transformer_impl=local")
+    recipe, min_te = FP8_RECIPES[precision.fp8_recipe]
+    if te_version is None:
+        raise ValueError(
+            "precision.fp8 needs Transformer Engine, which is not installed (pip install -e .[gpu])"
+        )
+    if Version(te_version) < Version(min_te):
+        raise ValueError(
+            f"precision.fp8_recipe={precision.fp8_recipe} needs Transformer Engine >= {min_te}, "
+            f"installed {te_version}"
+        )
+    if precision.fp8_amax_compute_algo not in FP8_AMAX_ALGOS:
+        raise ValueError(
+            f"precision.fp8_amax_compute_algo must be one of {FP8_AMAX_ALGOS}, got {precision.fp8_amax_compute_algo!r}"
+        )
+    if precision.fp8_amax_history_len < 1:
+        raise ValueError(f"precision.fp8_amax_history_len must be >= 1, got {precision.fp8_amax_history_len}")
+    out: dict[str, Any] = {"fp8": precision.fp8, "fp8_recipe": recipe, "fp8_param": precision.fp8_param}
+    if recipe == "delayed":  # amax history only exists for delayed scaling
+        out.update(
+            fp8_amax_history_len=precision.fp8_amax_history_len,
+            fp8_amax_compute_algo=precision.fp8_amax_compute_algo,
+        )
+    return out
