@@ -20,7 +20,7 @@ shipped in ``megatron_tulu/assets/data/eval/``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,14 @@ def read_task_file(path: str | Path, task: str, fmt: str | None = None) -> list[
         raise TaskFileError(f"{path}: no such task file") from None
     if not items:
         raise TaskFileError(f"{path}: task file has no rows")
+    return items
+
+
+def read_task_files(paths: Sequence[str | Path], task: str, fmt: str | None = None) -> list[EvalItem]:
+    """Several files as one task (e.g. RLVR's ``heldout_files``), items numbered across files."""
+    items = [item for path in paths for item in read_task_file(path, task, fmt)]
+    for k, item in enumerate(items):
+        item.index = k
     return items
 
 
