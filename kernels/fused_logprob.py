@@ -65,9 +65,9 @@ def _torch_chunk_stats(
     z: torch.Tensor, tgt_local: torch.Tensor, n_valid: int, temperature: float, entropy: bool
 ) -> torch.Tensor:
     """[4, C] local (max, sum exp(z-max), target z or 0, sum exp(z-max)*(z-max)) of a logits chunk."""
-    z = z.float()
+    z = z.float()  # the chunk buffer is ours: everything below is in place
     if temperature != 1.0:
-        z = z / temperature
+        z.div_(temperature)
     local_vocab = z.shape[-1]
     if n_valid < local_vocab:
         z[:, max(n_valid, 0) :] = float("-inf")
@@ -99,21 +99,24 @@ def _torch_chunk_grad(
 ) -> torch.Tensor:
     """d(loss)/d(raw logits) of one chunk, in ``z``'s dtype (the dtype the GEMMs run in)."""
     out_dtype = z.dtype
-    lp = z.float()
+    lp = z.float()  # the recomputed chunk is ours: everything below is in place
     if temperature != 1.0:
-        lp = lp / temperature
+        lp.div_(temperature)
     local_vocab = lp.shape[-1]
     lp.sub_(log_z.unsqueeze(-1))  # log p over this rank's columns
-    p = lp.exp()
-    if n_valid < local_vocab:
-        p[:, max(n_valid, 0) :] = 0.0
-        lp[:, max(n_valid, 0) :] = 0.0
+    # d/dz of log p(target) is onehot - p; of the entropy it is -p (log p + H)
     if g_ent is not None and ent is not None:
-        # d/dz of entropy is -p (log p + H); of log p(target) it is onehot - p
+        p = lp.exp()
+        if n_valid < local_vocab:
+            p[:, max(n_valid, 0) :] = 0.0
+            lp[:, max(n_valid, 0) :] = 0.0
         lp.add_(ent.unsqueeze(-1)).mul_(g_ent.unsqueeze(-1)).add_(g_lp.unsqueeze(-1))
         grad = lp.mul_(p).neg_()
-    else:
-        grad = p.mul_(-g_lp.unsqueeze(-1))
+    else:  # one [chunk, V_local] buffer: log p -> p -> gradient, in place
+        grad = lp.exp_()
+        if n_valid < local_vocab:
+            grad[:, max(n_valid, 0) :] = 0.0
+        grad.mul_(-g_lp.unsqueeze(-1))
     in_range = (tgt_local >= 0) & (tgt_local < n_valid)
     rows = torch.nonzero(in_range).squeeze(-1)
     grad[rows, tgt_local[rows]] += g_lp[rows]
