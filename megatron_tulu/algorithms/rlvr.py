@@ -1,15 +1,22 @@
 """RLVR (Tülu 3 §6): PPO (GAE + value model) or GRPO against verifiable rewards, vLLM rollouts.
 
-One step, in order:
-  1. prompts of the step -> vLLM engine (rank 0 drives it; the engine runs in its own processes)
-     -> responses; verifiers score them (alpha=10 if correct, -10 without EOS); broadcast.
-  2. forward-only passes: old policy log-probs (logits / temperature), reference log-probs,
-     values (PPO) -> per-token rewards (-beta*KL + score at the last token) -> advantages.
-  3. K epochs x mini-batches of clipped policy updates (+ clipped value updates).
-  4. refit: every learner rank streams exactly the planned shards into the engine.
-Asynchronous mode (Tülu 3's "train on the second-latest batch"): batch k+1 is generated with the
-weights before update k while update k runs, so every batch is exactly one update stale; the
-generated batch that is pending at a checkpoint is saved with it, so resume is exact.
+Every rank of the ``torchrun`` world runs :func:`train_rlvr`; its role comes from
+:func:`~megatron_tulu.algorithms.roles.assign_roles` (:mod:`megatron_tulu.algorithms.rl_job`):
+engine-only ranks host vLLM until told to stop, learner ranks run :class:`RLTrainer`. One step, as
+named and timed phases (``time/<phase>`` in the metrics):
+
+  generate      wait for this step's batch from the engines (started earlier; see RolloutQueue)
+  score         verifiers score the responses on learner rank 0 (alpha if correct, no-EOS penalty)
+  log_probs     forward-only passes: old policy and reference log-probs (logits / temperature),
+                values (PPO)
+  advantages    per-token rewards (score at the last token, -beta*KL for PPO) -> GAE or GRPO
+  update        K epochs x mini-batches: clipped policy update, then clipped value update
+  generate_wait batches in flight finish before the weights change
+  refit         every learner rank streams exactly its planned shards into every engine rank
+  evaluate      greedy held-out reward (every ``rlvr.eval_every`` steps)
+then the metrics row, then the checkpoint. Synchronous and asynchronous (Tülu 3's "train on the
+second-latest batch") runs differ only in how far ahead batches are started (``RolloutQueue.lag``);
+the batch pending at a checkpoint is saved with it, so resume is exact.
 """
 
 from __future__ import annotations
@@ -17,16 +24,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from megatron_tulu.algorithms.loop import (
     BatchOrder,
@@ -36,6 +44,7 @@ from megatron_tulu.algorithms.loop import (
     is_rank0,
     save_config,
 )
+from megatron_tulu.algorithms.rl_job import RLJob, start_rl_job
 from megatron_tulu.algorithms.rollout_batch import RolloutSample, build_rollout_tensors, row_length
 from megatron_tulu.algorithms.value_model import build_value_model
 from megatron_tulu.config.load import load_config
@@ -48,8 +57,13 @@ from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, save_c
 from megatron_tulu.engine.faults import crash_point
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
-from megatron_tulu.engine.parallel import destroy_parallel, free_port, init_parallel
-from megatron_tulu.engine.train_step import forward_backward, prepare_model_for_training, train_step
+from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+from megatron_tulu.engine.train_step import (
+    forward_batch,
+    forward_only_collect,
+    prepare_model_for_training,
+    train_step,
+)
 from megatron_tulu.losses.ppo import (
     get_advantage_estimator,
     kl_penalty,
@@ -62,6 +76,8 @@ from megatron_tulu.losses.ppo import (
 from megatron_tulu.losses.vocab_parallel import vocab_parallel_entropy, vocab_parallel_log_probs
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
 from megatron_tulu.rewards import compute_rewards
+from megatron_tulu.rollout.engine import Rollout, SamplingSettings
+from megatron_tulu.rollout.fleet import EngineFleet
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "data"
 
@@ -84,8 +100,10 @@ def load_prompts(files: Sequence[str], tokenizer, max_prompt_len: int) -> list[d
     return prompts
 
 
-# ------------------------------------------------------------------------------------- rollouts
-def score_outputs(outs, prompts, tokenizer, alpha: float, no_eos_penalty: float) -> list[RolloutSample]:
+# ----------------------------------------------------------------------------- rollouts, scoring
+def score_outputs(
+    outs, prompts, tokenizer, alpha: float, no_eos_penalty: float, workers: int = 2
+) -> list[RolloutSample]:
     """Decode engine outputs and score them with the verifier registry (alpha, no-EOS penalty)."""
     texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
     rewards = compute_rewards(
@@ -101,7 +119,7 @@ def score_outputs(outs, prompts, tokenizer, alpha: float, no_eos_penalty: float)
         ],
         alpha=alpha,
         no_eos_penalty=no_eos_penalty,
-        workers=2,
+        workers=workers,
     )
     return [
         RolloutSample(
@@ -112,165 +130,143 @@ def score_outputs(outs, prompts, tokenizer, alpha: float, no_eos_penalty: float)
             r.score,
             r.dataset,
             o.prompt_index,
+            list(o.logprobs),
         )
         for o, r in zip(outs, rewards)
     ]
 
 
-class Rollouts:
-    """Rank 0 owns the vLLM engine client; the engine's work runs in vLLM's own processes."""
+class Phases:
+    """Named, timed phases of one RL step; their seconds land in the step's metrics as
+    ``time/<phase>``."""
 
-    def __init__(self, cfg: RLVRRunConfig, hf_source: str, tokenizer):
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.engine = None
-        self.version = 0  # policy updates the engine's weights include (advanced by Refitter)
-        self.pending_version = 0
-        self.pending: threading.Thread | None = None
-        self._result: list[RolloutSample] | None = None
-        if is_rank0():
-            from megatron_tulu.rollout.engine import RolloutEngine
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
 
-            self.engine = RolloutEngine(
-                hf_source,
-                tp=cfg.rollout.engine_tp,
-                seed=cfg.train.seed,
-                dtype="float32" if not torch.cuda.is_available() else "bfloat16",
-                memory_fraction=cfg.rollout.gpu_memory_utilization,
-                enforce_eager=cfg.rollout.enforce_eager,
-                max_model_len=cfg.rollout.max_prompt_len + cfg.rollout.max_new_tokens + 8,
-            )
-
-    def _generate(
-        self, prompts: list[dict[str, Any]], seed: int, greedy: bool, n: int
-    ) -> list[RolloutSample]:
-        from megatron_tulu.rollout.engine import SamplingSettings
-
-        ro = self.cfg.rollout
-        settings = SamplingSettings(
-            temperature=0.0 if greedy else ro.temperature,
-            top_p=1.0 if greedy else ro.top_p,
-            max_new_tokens=ro.max_new_tokens,
-            n=n,
-            seed=seed,
-            stop_token_ids=(self.tokenizer.eos_token_id,),
-        )
-        outs = self.engine.generate([p["ids"] for p in prompts], settings)
-        return score_outputs(outs, prompts, self.tokenizer, self.cfg.rlvr.alpha, self.cfg.rlvr.no_eos_penalty)
-
-    def start(self, prompts: list[dict[str, Any]], seed: int, greedy: bool = False, n: int = 1) -> None:
-        """Begin generating (rank 0, in a background thread so training can overlap)."""
-        if self.engine is None:
-            return
-
-        self.pending_version = self.version
-
-        def run() -> None:
-            self._result = self._generate(prompts, seed, greedy, n)
-
-        self.pending = threading.Thread(target=run, name="rollouts")
-        self.pending.start()
-
-    def collect(self) -> tuple[list[RolloutSample], int]:
-        """Wait for the batch started last; share it (and the policy version that generated it)."""
-        holder: list[Any] = [None]
-        if self.engine is not None:
-            self.pending.join()
-            holder[0] = (self._result, self.pending_version)
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
-
-class Refitter:
-    """Joins the learner ranks and the engine's workers in the refit group; streams shards after updates."""
-
-    def __init__(self, cfg: RLVRRunConfig, chunks, rollouts: Rollouts):
-        from megatron_tulu.rollout.refit import LearnerRefit, refit_spec_for
-
-        self.rollouts, self.cfg = rollouts, cfg
-        spec = refit_spec_for(chunks, cfg.model, cfg.rollout.engine_tp)
-        port = [free_port() if is_rank0() else 0]
-        dist.broadcast_object_list(port, src=0)
-        joiner = None
-        if rollouts.engine is not None:
-            joiner = threading.Thread(
-                target=rollouts.engine.join_refit_group,
-                args=("127.0.0.1", port[0], spec),
-                kwargs={"timeout_s": cfg.rollout.refit_timeout_s},
-            )
-            joiner.start()
-        self.learner = LearnerRefit(spec, "127.0.0.1", port[0], timeout_s=cfg.rollout.refit_timeout_s)
-        if joiner is not None:
-            joiner.join()
-        self.bucket = cfg.rollout.refit_bucket_mb << 20
-
-    def refit(self, chunks) -> float:
+    @contextmanager
+    def __call__(self, name: str):
         t0 = time.perf_counter()
-        future = None
-        if self.rollouts.engine is not None:
-            future = self.rollouts.engine.refit(
-                bucket_bytes=self.bucket, timeout_s=self.cfg.rollout.refit_timeout_s, wait=False
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}": v for k, v in self.seconds.items()}
+
+
+class RolloutQueue:
+    """Batches of rollouts generated by the engine fleet, in order, on the driver.
+
+    Batch ``k`` is started once the engines hold the weights it must be sampled with and is
+    collected when step ``k`` needs it. ``lag`` is how many updates older than the batch's step
+    those weights are: 0 is on-policy (batch ``k`` after update ``k - 1``); 1 is Tülu 3's
+    asynchronous mode (batch ``k + 1`` is generated while update ``k`` trains). Sync and async are
+    this one mechanism with a different lag. On other ranks every method is a no-op."""
+
+    def __init__(self, fleet: EngineFleet | None, lag: int):
+        self.fleet, self.lag = fleet, lag
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollouts") if fleet else None
+        self._batches: dict[int, Future] = {}
+
+    def start(self, key: int, prompt_ids: list[list[int]], settings: SamplingSettings, version: int) -> None:
+        if self._pool is not None:
+            self._batches[key] = self._pool.submit(
+                lambda: (self.fleet.generate(prompt_ids, settings), version)
             )
-        self.learner.send(chunks, bucket_bytes=self.bucket)
-        if future is not None:
+
+    def put(self, key: int, rollouts: list[Rollout], version: int) -> None:
+        """A batch generated before a checkpoint (async resume)."""
+        if self._pool is not None:
+            done: Future = Future()
+            done.set_result((rollouts, version))
+            self._batches[key] = done
+
+    def collect(self, key: int) -> tuple[list[Rollout], int] | None:
+        return self._batches.pop(key).result() if self._pool is not None else None
+
+    def peek(self, key: int) -> tuple[list[Rollout], int] | None:
+        """Wait for batch ``key`` without taking it (it is saved with a checkpoint)."""
+        return self._batches[key].result() if self._pool is not None else None
+
+    def wait_idle(self) -> None:
+        """Every started batch finished (before a refit changes the engines' weights)."""
+        for future in list(self._batches.values()):
             future.result()
-        self.rollouts.version += 1
-        return time.perf_counter() - t0
 
     def close(self) -> None:
-        self.learner.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
-# ------------------------------------------------------------------------------ forward passes
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def sampling(
+    cfg: RLVRRunConfig, eos_id: int, seed: int, greedy: bool = False, n: int = 1
+) -> SamplingSettings:
+    ro = cfg.rollout
+    return SamplingSettings(
+        temperature=0.0 if greedy else ro.temperature,
+        top_p=1.0 if greedy else ro.top_p,
+        max_new_tokens=ro.max_new_tokens,
+        n=n,
+        seed=seed,
+        stop_token_ids=(eos_id,),
+    )
 
 
-def _batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def per_token_pass(chunks, micro: list[dict[str, Any]], fn: Callable[[torch.Tensor, dict], dict], mbs: int):
-    """Forward-only over micro-batches; ``fn(output, batch) -> {name: [b, T]}`` on the last stage.
-    Returns the concatenated tensors on every rank (broadcast over the pipeline)."""
-
-    def step(data_iterator, model):
-        batch = _batch_to(next(data_iterator), _device(model))
-        out = model(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
-
-        def loss_func(output):
-            return (
-                torch.zeros((), device=output.device),
-                torch.tensor(1, dtype=torch.int),
-                {k: v.detach().cpu() for k, v in fn(output, batch).items()},
-            )
-
-        return out, loss_func
-
-    for c in chunks:
-        c.eval()
-    with torch.no_grad():
-        outs = forward_backward(
-            step,
-            iter(micro),
-            chunks,
-            num_microbatches=len(micro),
-            seq_length=micro[0]["tokens"].shape[1],
-            micro_batch_size=mbs,
-            forward_only=True,
-        )
-    for c in chunks:
-        c.train()
-    result = {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if outs else None
-    holder = [result]
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast_object_list(
-            holder,
-            src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )
+def share_from_driver(value: Any) -> Any:
+    """Broadcast a driver-side Python object to every learner rank."""
+    holder = [value]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(holder, src=0)
     return holder[0]
 
 
+class Refitter:
+    """Streams every learner rank's planned shards into every engine after each update."""
+
+    def __init__(self, cfg: RLVRRunConfig, chunks, job: RLJob, fleet: EngineFleet | None):
+        from megatron_tulu.rollout.refit import LearnerRefit, refit_spec_for
+
+        self.cfg, self.fleet = cfg, fleet
+        ro = cfg.rollout
+        spec = refit_spec_for(chunks, cfg.model, ro.engine_tp, ro.num_engines)
+        host, port = job.refit_address()
+        self.learner: LearnerRefit | None = None
+
+        def join_learner() -> None:
+            self.learner = LearnerRefit(spec, host, port, timeout_s=ro.refit_timeout_s)
+
+        if fleet is not None:
+            fleet.join_refit(spec, host, port, ro.refit_timeout_s, join_learner)
+        else:
+            join_learner()
+        self.bucket = ro.refit_bucket_mb << 20
+
+    def refit(self, chunks) -> dict[str, float]:
+        """Returns ``refit_bytes_over_shard_max`` (the largest bytes received / planned shard bytes
+        over every engine rank; 1.00 is shard-exact) on the driver, {} elsewhere."""
+        timeout = self.cfg.rollout.refit_timeout_s
+
+        def send() -> None:
+            self.learner.send(chunks, bucket_bytes=self.bucket, timeout_s=timeout)
+
+        if self.fleet is None:
+            send()
+            return {}
+        stats = self.fleet.refit(send, bucket_bytes=self.bucket, checksums=False, timeout_s=timeout)
+        ratios = [s["bytes_received"] / s["shard_bytes"] for s in stats if s["shard_bytes"]]
+        return {
+            "refit_bytes_over_shard_max": max(ratios),
+            "refit_bytes_over_shard_min": min(ratios),
+            "refit_engine_ranks": float(len(stats)),
+        }
+
+    def close(self) -> None:
+        if self.learner is not None:
+            self.learner.close()
+
+
+# ------------------------------------------------------------------------------ actor and critic
 def split_micro(data: dict[str, torch.Tensor], idx: Sequence[int], mbs: int) -> list[dict[str, torch.Tensor]]:
     index = torch.tensor(list(idx))
     return [{k: v[index[i : i + mbs]] for k, v in data.items()} for i in range(0, len(index), mbs)]
@@ -280,48 +276,127 @@ def _mean_metric(value: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.stack([value.detach().float() * count.float(), count.float()])
 
 
-def make_policy_step(cfg: RLVRRunConfig, vocab: int) -> Callable:
-    temp, rl = cfg.rollout.temperature, cfg.rlvr
+@dataclass
+class PolicyActor:
+    """The policy being trained, its frozen reference, optimizer and scheduler."""
 
-    def step(data_iterator, model):
-        batch = _batch_to(next(data_iterator), _device(model))
-        out = model(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
+    cfg: RLVRRunConfig
+    chunks: list[torch.nn.Module]
+    reference: list[torch.nn.Module]
+    optimizer: Any
+    scheduler: Any
 
-        def loss_func(output):
-            logp = vocab_parallel_log_probs(output, batch["labels"], vocab, temp)
-            loss, m = policy_loss(logp, batch["old_logp"], batch["advantages"], batch["mask"], rl.clip_eps)
-            total = loss.loss_sum
-            if rl.estimator == "grpo":  # GRPO keeps the policy near the reference with a k3 KL loss
-                kl = masked_sum_and_count(kl_penalty(logp, batch["ref_logp"], "k3"), batch["mask"])
-                total = total + rl.beta * kl.loss_sum
-            n = loss.num_tokens.to(torch.int)
-            metrics = {f"policy/{k}": _mean_metric(v, n) for k, v in m.items()}
-            metrics["policy/loss"] = torch.stack([loss.loss_sum.detach().float(), n.float()])
-            return total, n, metrics
+    def log_probs(self, micro: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """``logp`` / ``entropy`` of the current policy and ``ref_logp`` of the reference, per token
+        (logits / rollout temperature, as the engine sampled)."""
+        vocab, temp, mbs = (
+            self.cfg.model.vocab_size,
+            self.cfg.rollout.temperature,
+            self.cfg.train.micro_batch_size,
+        )
 
-        return out, loss_func
+        check = self.cfg.rollout.check_logprobs
 
-    return step
+        def policy_fn(out, b):
+            res = {
+                "logp": vocab_parallel_log_probs(out, b["labels"], vocab, temp),
+                "entropy": vocab_parallel_entropy(out, vocab, temp),
+            }
+            if check:  # the engine reports raw (temperature 1) log-probs
+                res["logp_raw"] = vocab_parallel_log_probs(out, b["labels"], vocab, 1.0)
+            return res
+
+        old = forward_only_collect(self.chunks, micro, policy_fn, mbs)
+        ref = forward_only_collect(
+            self.reference,
+            micro,
+            lambda out, b: {"logp": vocab_parallel_log_probs(out, b["labels"], vocab, temp)},
+            mbs,
+        )
+        return {**old, "ref_logp": ref["logp"]}
+
+    def update(self, micro: list[dict[str, torch.Tensor]], seq: int) -> dict[str, float]:
+        rl, vocab, temp = self.cfg.rlvr, self.cfg.model.vocab_size, self.cfg.rollout.temperature
+        kl_loss_kind = kl_kind_of(rl) if rl.estimator == "grpo" else None
+
+        def step(data_iterator, model):
+            out, batch = forward_batch(model, next(data_iterator))
+
+            def loss_func(output):
+                logp = vocab_parallel_log_probs(output, batch["labels"], vocab, temp)
+                loss, m = policy_loss(
+                    logp, batch["old_logp"], batch["advantages"], batch["mask"], rl.clip_eps
+                )
+                total = loss.loss_sum
+                if kl_loss_kind is not None:  # GRPO keeps the policy near the reference with a KL loss
+                    kl = masked_sum_and_count(
+                        kl_penalty(logp, batch["ref_logp"], kl_loss_kind), batch["mask"]
+                    )
+                    total = total + rl.beta * kl.loss_sum
+                n = loss.num_tokens.to(torch.int)
+                metrics = {f"policy/{k}": _mean_metric(v, n) for k, v in m.items()}
+                metrics["policy/loss"] = torch.stack([loss.loss_sum.detach().float(), n.float()])
+                return total, n, metrics
+
+            return out, loss_func
+
+        return _train(step, micro, self.chunks, self.optimizer, self.scheduler, seq, "policy", self.cfg)
 
 
-def make_value_step(cfg: RLVRRunConfig) -> Callable:
-    rl = cfg.rlvr
+@dataclass
+class ValueCritic:
+    """The PPO value model (a GPTModel with a scalar head), its optimizer and scheduler."""
 
-    def step(data_iterator, model):
-        batch = _batch_to(next(data_iterator), _device(model))
-        out = model(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
+    cfg: RLVRRunConfig
+    chunks: list[torch.nn.Module]
+    optimizer: Any
+    scheduler: Any
 
-        def loss_func(output):
-            values = output.squeeze(-1).float()
-            loss, m = value_loss(values, batch["old_values"], batch["returns"], batch["mask"], rl.value_clip)
-            n = loss.num_tokens.to(torch.int)
-            metrics = {f"value/{k}": _mean_metric(v, n) for k, v in m.items()}
-            metrics["value/loss"] = torch.stack([loss.loss_sum.detach().float(), n.float()])
-            return loss.scale(rl.vf_coef).loss_sum, n, metrics
+    def values(self, micro: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        out = forward_only_collect(
+            self.chunks, micro, lambda out, b: {"v": out.squeeze(-1).float()}, self.cfg.train.micro_batch_size
+        )
+        return out["v"]
 
-        return out, loss_func
+    def update(self, micro: list[dict[str, torch.Tensor]], seq: int) -> dict[str, float]:
+        rl = self.cfg.rlvr
 
-    return step
+        def step(data_iterator, model):
+            out, batch = forward_batch(model, next(data_iterator))
+
+            def loss_func(output):
+                values = output.squeeze(-1).float()
+                loss, m = value_loss(
+                    values, batch["old_values"], batch["returns"], batch["mask"], rl.value_clip
+                )
+                n = loss.num_tokens.to(torch.int)
+                metrics = {f"value/{k}": _mean_metric(v, n) for k, v in m.items()}
+                metrics["value/loss"] = torch.stack([loss.loss_sum.detach().float(), n.float()])
+                return loss.scale(rl.vf_coef).loss_sum, n, metrics
+
+            return out, loss_func
+
+        return _train(step, micro, self.chunks, self.optimizer, self.scheduler, seq, "value", self.cfg)
+
+
+def _train(step, micro, chunks, optimizer, scheduler, seq: int, prefix: str, cfg) -> dict[str, float]:
+    res = train_step(
+        step,
+        iter(micro),
+        chunks,
+        optimizer,
+        scheduler,
+        num_microbatches=len(micro),
+        seq_length=seq,
+        micro_batch_size=cfg.train.micro_batch_size,
+    )
+    return {**res.metrics, f"{prefix}/grad_norm": res.grad_norm or 0.0}
+
+
+def kl_kind_of(rl) -> str:
+    """``rlvr.kl_kind``, or by estimator when unset: k1 in PPO's reward penalty (Tülu 3), k3 in
+    GRPO's KL loss (DeepSeekMath)."""
+    return rl.kl_kind or ("k3" if rl.estimator == "grpo" else "k1")
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -338,281 +413,405 @@ def rollout_metrics(samples: Sequence[RolloutSample], prefix: str = "") -> dict[
     return out
 
 
-def evaluate(rollouts: Rollouts, heldout: list[dict[str, Any]], seed: int) -> dict[str, float]:
-    """Greedy held-out verifiable reward/accuracy with the engine's current weights."""
-    rollouts.start(heldout, seed=seed, greedy=True)
-    return rollout_metrics(rollouts.collect()[0], prefix="eval/")
+def evaluate(
+    cfg: RLVRRunConfig, fleet: EngineFleet | None, heldout: list[dict[str, Any]], tokenizer
+) -> dict[str, float]:
+    """Greedy held-out verifiable reward/accuracy with the engines' current weights (driver only)."""
+    if fleet is None:
+        return {}
+    outs = fleet.generate(
+        [p["ids"] for p in heldout], sampling(cfg, tokenizer.eos_token_id, cfg.train.seed, True)
+    )
+    samples = score_outputs(
+        outs, heldout, tokenizer, cfg.rlvr.alpha, cfg.rlvr.no_eos_penalty, cfg.rlvr.reward_workers
+    )
+    return rollout_metrics(samples, prefix="eval/")
 
 
-# --------------------------------------------------------------------------------------- train
-def prepare_batch(
-    cfg, samples, policy, reference, value, pad_id, info
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Tensors of this DP rank's share of the batch, with old/ref log-probs, values, advantages."""
-    ro, rl = cfg.rollout, cfg.rlvr
+# ------------------------------------------------------------------------------ the step's phases
+def log_probs_and_values(
+    cfg: RLVRRunConfig, samples, actor: PolicyActor, critic: ValueCritic | None, pad_id: int, info
+) -> dict[str, torch.Tensor]:
+    """This DP rank's share of the batch as tensors, with old and reference log-probs (and values)."""
+    ro = cfg.rollout
     # computed from the whole batch, so every rank agrees; 16*TP keeps sequence parallelism legal
     length = row_length(samples, 16 * info.tp, ro.max_prompt_len + ro.max_new_tokens)
     share = len(samples) // info.dp
     mine = samples[info.dp_rank * share : (info.dp_rank + 1) * share]
     data = build_rollout_tensors(mine, length, pad_id)
-    mbs = cfg.train.micro_batch_size
-    micro = split_micro(data, range(len(mine)), mbs)
-    vocab = cfg.model.vocab_size
+    micro = split_micro(data, range(len(mine)), cfg.train.micro_batch_size)
+    lp = actor.log_probs(micro)
+    data["old_logp"], data["ref_logp"], data["entropy"] = lp["logp"], lp["ref_logp"], lp["entropy"]
+    if "logp_raw" in lp:
+        data["logp_raw"] = lp["logp_raw"]
+    if critic is not None:
+        data["old_values"] = critic.values(micro) * data["mask"]
+    return data
 
-    def logp_fn(out, b):
-        return {
-            "logp": vocab_parallel_log_probs(out, b["labels"], vocab, ro.temperature),
-            "entropy": vocab_parallel_entropy(out, vocab, ro.temperature),
-        }
 
-    old = per_token_pass(policy, micro, logp_fn, mbs)
-    ref = per_token_pass(
-        reference,
-        micro,
-        lambda out, b: {"logp": vocab_parallel_log_probs(out, b["labels"], vocab, ro.temperature)},
-        mbs,
-    )
-    data["old_logp"], data["ref_logp"] = old["logp"], ref["logp"]
-    mask = data["mask"]
-    values = None
-    if rl.estimator == "gae":
-        values = per_token_pass(value, micro, lambda out, b: {"v": out.squeeze(-1).float()}, mbs)["v"] * mask
-        data["old_values"] = values
-    rewards = token_rewards(data["scores"], data["old_logp"], data["ref_logp"], mask, rl.beta, rl.kl_kind)
+def advantages(cfg: RLVRRunConfig, data: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-token rewards (score at the last token, minus beta*KL for PPO) -> advantages (+ returns),
+    written into ``data``; returns the batch's KL and entropy."""
+    rl, mask = cfg.rlvr, data["mask"]
+    kind = kl_kind_of(rl)
+    penalty = 0.0 if rl.estimator == "grpo" else rl.beta  # GRPO's KL is a loss term instead
+    rewards = token_rewards(data["scores"], data["old_logp"], data["ref_logp"], mask, penalty, kind)
     adv, returns = get_advantage_estimator(rl.estimator)(
         rewards=rewards,
-        values=values,
+        values=data.get("old_values"),
         scores=data["scores"],
         mask=mask,
         gamma=rl.gamma,
         lam=rl.lam,
-        group_size=ro.samples_per_prompt,
+        group_size=cfg.rollout.samples_per_prompt,
     )
     data["advantages"] = adv
     if returns is not None:
         data["returns"] = returns
-    kl = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"], rl.kl_kind), mask)
-    stats = {"kl": float(kl), "entropy": float(masked_mean(old["entropy"], mask))}
-    return data, stats
+    kl = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"], kind), mask)
+    return {"kl": float(kl), "entropy": float(masked_mean(data["entropy"], mask))}
 
 
-def ppo_updates(cfg, data, policy, value, popt, vopt, psched, vsched, step: int, info) -> dict[str, float]:
+def engine_logprob_gap(data: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Largest and mean |engine log-prob - learner log-prob| over the batch's response tokens (all
+    learner ranks). With on-policy batches both sides hold the same weights, so this measures the
+    refit and the two implementations (fp32 CPU: ~1e-6); a stale (async) batch adds the update."""
+    if "logp_raw" not in data or "engine_logp" not in data:
+        return {}
+    mask = data["mask"]
+    gap = (data["engine_logp"] - data["logp_raw"]).abs() * mask
+    stats = torch.tensor([float(gap.max()) if gap.numel() else 0.0, float(gap.sum()), float(mask.sum())])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        worst = stats[:1].clone()
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        sums = stats[1:].clone()
+        dist.all_reduce(sums)
+        stats = torch.cat([worst, sums])
+    return {
+        "rollout/engine_logprob_gap_max": float(stats[0]),
+        "rollout/engine_logprob_gap_mean": float(stats[1] / stats[2].clamp(min=1)),
+    }
+
+
+def prepare_batch(cfg, samples, actor: PolicyActor, critic: ValueCritic | None, pad_id: int, info):
+    """Log-probs, values and advantages of a batch (the two phases before the update)."""
+    data = log_probs_and_values(cfg, samples, actor, critic, pad_id, info)
+    return data, advantages(cfg, data)
+
+
+def ppo_updates(cfg, data, actor: PolicyActor, critic: ValueCritic | None, step: int) -> dict[str, float]:
+    """K epochs x mini-batches of clipped policy updates, each followed by the value update."""
     rl, mbs = cfg.rlvr, cfg.train.micro_batch_size
     n = data["tokens"].shape[0]
     per_mini = n // rl.num_mini_batches
+    seq = data["tokens"].shape[1]
     totals: dict[str, list[float]] = defaultdict(list)
-    pstep, vstep = make_policy_step(cfg, cfg.model.vocab_size), make_value_step(cfg)
     for epoch in range(rl.ppo_epochs):
         perm = torch.randperm(
             n, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + step * 10 + epoch)
         ).tolist()
         for k in range(rl.num_mini_batches):
-            idx = perm[k * per_mini : (k + 1) * per_mini]
-            micro = split_micro(data, idx, mbs)
-            seq = data["tokens"].shape[1]
-            res = train_step(
-                pstep,
-                iter(micro),
-                policy,
-                popt,
-                psched,
-                num_microbatches=len(micro),
-                seq_length=seq,
-                micro_batch_size=mbs,
-            )
-            for key, v in {**res.metrics, "policy/grad_norm": res.grad_norm or 0.0}.items():
+            micro = split_micro(data, perm[k * per_mini : (k + 1) * per_mini], mbs)
+            for key, v in actor.update(micro, seq).items():
                 totals[key].append(v)
-            if rl.estimator == "gae":
-                res = train_step(
-                    vstep,
-                    iter(micro),
-                    value,
-                    vopt,
-                    vsched,
-                    num_microbatches=len(micro),
-                    seq_length=seq,
-                    micro_batch_size=mbs,
-                )
-                for key, v in {**res.metrics, "value/grad_norm": res.grad_norm or 0.0}.items():
+            if critic is not None:
+                for key, v in critic.update(micro, seq).items():
                     totals[key].append(v)
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
 
-def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
-    rl, ro = cfg.rlvr, cfg.rollout
+# --------------------------------------------------------------------------------------- trainer
+def check_rl_config(cfg: RLVRRunConfig) -> None:
+    """Refuse RL settings that cannot apply, before anything starts."""
+    rl, ro, tr = cfg.rlvr, cfg.rollout, cfg.train
     if rl.estimator == "grpo" and ro.samples_per_prompt < 2:
         raise ValueError(
             "rlvr.estimator=grpo needs rollout.samples_per_prompt >= 2 (group-normalised rewards)"
         )
-    out_dir = Path(cfg.train.output_dir)
+    rollouts = rl.prompts_per_step * ro.samples_per_prompt
+    if tr.global_batch_size not in (0, rollouts):
+        raise ValueError(
+            f"train.global_batch_size={tr.global_batch_size}, but an RLVR step trains on rlvr.prompts_per_step x "
+            f"rollout.samples_per_prompt = {rl.prompts_per_step} x {ro.samples_per_prompt} = {rollouts} rollouts; "
+            f"set train.global_batch_size={rollouts} (or 0)"
+        )
+    seq = ro.max_prompt_len + ro.max_new_tokens
+    for name, value in (("train.seq_length", tr.seq_length), ("data.max_seq_len", cfg.data.max_seq_len)):
+        if value not in (0, seq):
+            raise ValueError(
+                f"{name}={value}, but RLVR rows are rollout.max_prompt_len + rollout.max_new_tokens = {seq} tokens; "
+                f"set {name}={seq} (or 0)"
+            )
+    if rl.reward_workers < 1:
+        raise ValueError(f"rlvr.reward_workers must be >= 1, got {rl.reward_workers}")
+    if rl.kl_kind is not None and rl.kl_kind not in ("k1", "k2", "k3"):
+        raise ValueError(f"rlvr.kl_kind must be k1, k2, k3 or null, got {rl.kl_kind!r}")
+
+
+def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
+    """Every rank of the job calls this; it returns the run summary on learner rank 0."""
+    check_rl_config(cfg)
     hf_source = ensure_model_source(cfg)
     cfg.model = dataclasses.replace(model_config_from_hf(hf_source), name=cfg.model.name)
-    info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
-    save_config(cfg, out_dir)
-    tokenizer = load_tokenizer(cfg.data.tokenizer or hf_source)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompts = load_prompts(cfg.data.train_files or [str(ASSETS / "rlvr.jsonl")], tokenizer, ro.max_prompt_len)
-    prompts, mix = apply_dataset_weights(prompts, rl.dataset_weights)
-    if is_rank0():
-        print(
-            "[rlvr] training prompts per dataset (in data -> used): "
-            + ", ".join(f"{name} {have} -> {used}" for name, (have, used) in mix.items())
-        )
-    heldout = load_prompts(
-        rl.heldout_files or [str(ASSETS / "rlvr_heldout.jsonl")], tokenizer, ro.max_prompt_len
-    )
-    episodes_per_step = rl.prompts_per_step * ro.samples_per_prompt
-    if episodes_per_step % (info.dp * cfg.train.micro_batch_size * rl.num_mini_batches):
-        raise ValueError(
-            f"prompts_per_step*samples_per_prompt={episodes_per_step} must divide by dp*micro_batch*num_mini_batches "
-            f"= {info.dp}*{cfg.train.micro_batch_size}*{rl.num_mini_batches}"
-        )
-    order = BatchOrder(len(prompts), rl.prompts_per_step, cfg.train.seed)
-    total_steps = max(1, rl.total_episodes // episodes_per_step)
-    if cfg.train.train_iters > 0:
-        total_steps = min(total_steps, cfg.train.train_iters)
+    job = start_rl_job(cfg)
+    options = job.engine_options(cfg, hf_source, "bfloat16" if torch.cuda.is_available() else "float32")
+    try:
+        if not job.role.is_learner:
+            job.run_engine_rank(options)
+            summary: dict[str, Any] = {}
+        else:
+            summary = RLTrainer(cfg, job, hf_source, options).run()
+    except BaseException as exc:
+        job.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    job.finish()
+    return summary
 
-    policy = build_model(cfg.model, cfg.parallel, cfg.precision)
-    load_hf_weights(policy, cfg.model, hf_source)
-    reference = build_model(cfg.model, cfg.parallel, cfg.precision, wrap_ddp=False)
-    load_hf_weights(reference, cfg.model, hf_source)
-    for p in (p for c in reference for p in c.parameters()):
-        p.requires_grad_(False)
-    updates = total_steps * rl.ppo_epochs * rl.num_mini_batches
-    popt = build_optimizer(policy, cfg.optimizer, cfg.parallel, cfg.precision)
-    psched = build_scheduler(popt, cfg.optimizer, updates)
-    prepare_model_for_training(policy, popt)
-    value = vopt = vsched = None
-    if rl.estimator == "gae":
+
+class RLTrainer:
+    """One learner rank's RL run: setup, resume, steps of named phases, checkpoints, close."""
+
+    def __init__(self, cfg: RLVRRunConfig, job: RLJob, hf_source: str, options):
+        self.cfg, self.job, self.hf_source, self.options = cfg, job, hf_source, options
+        self.out_dir = Path(cfg.train.output_dir)
+        self.ckpt_root = Path(cfg.checkpoint.save_dir or self.out_dir / "checkpoints")
+
+    # ------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg, rl, ro = self.cfg, self.cfg.rlvr, self.cfg.rollout
+        self.info = info = init_parallel(
+            cfg.model, cfg.parallel, seed=cfg.train.seed, world=self.job.learner_world()
+        )
+        save_config(cfg, self.out_dir)
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer or self.hf_source)
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        prompts = load_prompts(cfg.data.train_files or [str(ASSETS / "rlvr.jsonl")], tok, ro.max_prompt_len)
+        self.prompts, mix = apply_dataset_weights(prompts, rl.dataset_weights)
+        if is_rank0():
+            print(
+                "[rlvr] training prompts per dataset (in data -> used): "
+                + ", ".join(f"{name} {have} -> {used}" for name, (have, used) in mix.items())
+            )
+        self.heldout = load_prompts(
+            rl.heldout_files or [str(ASSETS / "rlvr_heldout.jsonl")], tok, ro.max_prompt_len
+        )
+        episodes_per_step = rl.prompts_per_step * ro.samples_per_prompt
+        if episodes_per_step % (info.dp * cfg.train.micro_batch_size * rl.num_mini_batches):
+            raise ValueError(
+                f"prompts_per_step*samples_per_prompt={episodes_per_step} must divide by dp*micro_batch*num_mini_batches "
+                f"= {info.dp}*{cfg.train.micro_batch_size}*{rl.num_mini_batches}"
+            )
+        self.order = BatchOrder(len(self.prompts), rl.prompts_per_step, cfg.train.seed)
+        self.total_steps = max(1, rl.total_episodes // episodes_per_step)
+        if cfg.train.train_iters > 0:
+            self.total_steps = min(self.total_steps, cfg.train.train_iters)
+
+        # engines start first: they load in their own processes while the learner models build
+        self.fleet, self.engine_service = self.job.start_fleet(self.options)
+        self.actor = self._build_actor()
+        self.critic = self._build_critic() if rl.estimator == "gae" else None
+        self.queue = RolloutQueue(self.fleet, lag=1 if rl.async_mode else 0)
+
+    def _build_actor(self) -> PolicyActor:
+        cfg, updates = self.cfg, self._updates()
+        policy = build_model(cfg.model, cfg.parallel, cfg.precision)
+        load_hf_weights(policy, cfg.model, self.hf_source)
+        reference = build_model(cfg.model, cfg.parallel, cfg.precision, wrap_ddp=False)
+        load_hf_weights(reference, cfg.model, self.hf_source)
+        for p in (p for c in reference for p in c.parameters()):
+            p.requires_grad_(False)
+        opt = build_optimizer(policy, cfg.optimizer, cfg.parallel, cfg.precision)
+        sched = build_scheduler(opt, cfg.optimizer, updates)
+        prepare_model_for_training(policy, opt)
+        return PolicyActor(cfg, policy, reference, opt, sched)
+
+    def _build_critic(self) -> ValueCritic:
+        cfg, rl = self.cfg, self.cfg.rlvr
         value = build_value_model(
             cfg.model,
             cfg.parallel,
             cfg.precision,
-            backbone_hf=hf_source,
+            backbone_hf=self.hf_source,
             reward_model_hf=rl.value_model,
             seed=cfg.train.seed,
         )
         vcfg = dataclasses.replace(cfg.optimizer, lr=rl.value_lr or cfg.optimizer.lr)
-        vopt = build_optimizer(value, vcfg, cfg.parallel, cfg.precision)
-        vsched = build_scheduler(vopt, vcfg, updates)
-        prepare_model_for_training(value, vopt)
+        opt = build_optimizer(value, vcfg, cfg.parallel, cfg.precision)
+        sched = build_scheduler(opt, vcfg, self._updates())
+        prepare_model_for_training(value, opt)
+        return ValueCritic(cfg, value, opt, sched)
 
-    ckpt_root = Path(cfg.checkpoint.save_dir or out_dir / "checkpoints")
-    start, pending = 0, None
-    if cfg.checkpoint.resume and (latest := find_latest(ckpt_root)) is not None:
-        extra = load_checkpoint(latest, policy, popt, psched)
-        if value is not None:
-            load_checkpoint(latest / "value", value, vopt, vsched)
-        start, pending = int(extra["step"]), extra.get("pending_rollouts")
+    def _updates(self) -> int:
+        return self.total_steps * self.cfg.rlvr.ppo_epochs * self.cfg.rlvr.num_mini_batches
 
-    rollouts = Rollouts(cfg, hf_source, tokenizer)
-    refitter = Refitter(cfg, policy, rollouts)
-    if start > 0:
-        refitter.refit(policy)  # the engine starts from the HF weights; bring it to the checkpoint
-        rollouts.version = start
-    logger = MetricsLogger(out_dir, cfg.logging, resume_step=start)
-    history: list[dict[str, Any]] = []
-    if start == 0:
-        row = {"step": 0, **evaluate(rollouts, heldout, cfg.train.seed)}
-        logger.log(0, row)
-        history.append(row)
+    # ------------------------------------------------------------------------------ resume
+    def resume(self) -> tuple[int, dict | None]:
+        """(first step, the async batch pending at the checkpoint) from the latest checkpoint."""
+        if not self.cfg.checkpoint.resume or (latest := find_latest(self.ckpt_root)) is None:
+            return 0, None
+        extra = load_checkpoint(latest, self.actor.chunks, self.actor.optimizer, self.actor.scheduler)
+        if self.critic is not None:
+            load_checkpoint(
+                latest / "value", self.critic.chunks, self.critic.optimizer, self.critic.scheduler
+            )
+        return int(extra["step"]), extra.get("pending_rollouts")
 
-    def prompts_of(step: int) -> list[dict[str, Any]]:
-        return [prompts[i] for i in order.rows(step)]
+    # ------------------------------------------------------------------------------- batches
+    def start_batch(self, step: int, version: int) -> None:
+        """Start generating batch ``step`` with the engines' current weights (policy ``version``)."""
+        rows = self.order.rows(step)
+        seed = self.cfg.train.seed + 7919 * step
+        settings = sampling(
+            self.cfg, self.tokenizer.eos_token_id, seed, n=self.cfg.rollout.samples_per_prompt
+        )
+        self.queue.start(step, [self.prompts[i]["ids"] for i in rows], settings, version)
 
-    def begin(step: int) -> None:
-        rollouts.start(prompts_of(step), seed=cfg.train.seed + 7919 * step, n=ro.samples_per_prompt)
+    def score(self, step: int, rollouts: list[Rollout] | None) -> list[RolloutSample] | None:
+        if rollouts is None:
+            return None
+        rl = self.cfg.rlvr
+        rows = [self.prompts[i] for i in self.order.rows(step)]
+        return score_outputs(rollouts, rows, self.tokenizer, rl.alpha, rl.no_eos_penalty, rl.reward_workers)
 
-    bar = None
-    if is_rank0() and cfg.logging.progress_bar:
-        from tqdm import tqdm
+    # ----------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        try:
+            self.setup()
+            return self._loop()
+        finally:
+            self.close()
 
-        bar = tqdm(total=total_steps, initial=start, desc="rlvr", dynamic_ncols=True)
-    if pending is None:
-        begin(start)
-        samples, version = rollouts.collect()
-    else:  # async resume: the batch generated before the checkpoint, with its policy version
-        samples, version = [RolloutSample(**s) for s in pending["samples"]], pending["version"]
-    for step in range(start, total_steps):
-        t0 = time.perf_counter()
-        gen_seconds = 0.0
-        if rl.async_mode and step + 1 < total_steps:
-            begin(step + 1)  # generated with the weights before this update: one step stale
-        data, stats = prepare_batch(cfg, samples, policy, reference, value, pad_id, info)
-        upd = ppo_updates(cfg, data, policy, value, popt, vopt, psched, vsched, step, info)
-        train_seconds = time.perf_counter() - t0
-        if rl.async_mode and step + 1 < total_steps:
-            t1 = time.perf_counter()
-            next_samples, next_version = rollouts.collect()
-            gen_seconds = time.perf_counter() - t1
-        refit_seconds = refitter.refit(policy)
-        if not rl.async_mode and step + 1 < total_steps:
-            t1 = time.perf_counter()
-            begin(step + 1)  # on-policy: generated with the weights after this update
-            next_samples, next_version = rollouts.collect()
-            gen_seconds = time.perf_counter() - t1
-        row = {
-            **rollout_metrics(samples),
-            **stats,
-            **upd,
-            "lr": popt.param_groups[0]["lr"],
-            "seconds/train": train_seconds,
-            "seconds/refit": refit_seconds,
-            "seconds/generate_wait": gen_seconds,
-            "rollout/policy_version": version,  # updates included in the weights that generated the batch
-            "rollout/staleness": step - version,
-        }
-        if rl.eval_every and ((step + 1) % rl.eval_every == 0 or step + 1 == total_steps):
-            row.update(evaluate(rollouts, heldout, cfg.train.seed))
-        logger.log(step + 1, row)
-        history.append({"step": step + 1, **row})
+    def _loop(self) -> dict[str, Any]:
+        cfg, rl = self.cfg, self.cfg.rlvr
+        start, pending = self.resume()
+        self.refitter = Refitter(cfg, self.actor.chunks, self.job, self.fleet)
+        if start > 0:
+            self.refitter.refit(self.actor.chunks)  # the engines start from the HF weights
+        logger = MetricsLogger(self.out_dir, cfg.logging, resume_step=start)
+        history: list[dict[str, Any]] = []
+        if start == 0:
+            row = {"step": 0, **share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer))}
+            logger.log(0, row)
+            history.append(row)
+        lag, total = self.queue.lag, self.total_steps
+        if pending is not None:  # async resume: the batch generated before the checkpoint
+            self.queue.put(start, [Rollout(**r) for r in pending["rollouts"]], pending["version"])
+        else:
+            self.start_batch(start, version=start)
+        for k in range(start + 1, min(start + 1 + lag, total)):
+            self.start_batch(k, version=start)
+        bar = None
+        if is_rank0() and cfg.logging.progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=start, desc="rlvr", dynamic_ncols=True)
+
+        for step in range(start, total):
+            phases = Phases()
+            with phases("generate"):  # waiting for this step's batch (0 when it overlapped training)
+                batch = self.queue.collect(step)
+            with phases("score"):
+                samples = share_from_driver(self.score(step, batch[0] if batch else None))
+                version = share_from_driver(batch[1] if batch else None)
+            with phases("log_probs"):
+                data = log_probs_and_values(cfg, samples, self.actor, self.critic, self.pad_id, self.info)
+            with phases("advantages"):
+                stats = {**advantages(cfg, data), **engine_logprob_gap(data)}
+            with phases("update"):
+                upd = ppo_updates(cfg, data, self.actor, self.critic, step)
+            with phases("generate_wait"):  # the next batch must not see the weights change mid-way
+                self.queue.wait_idle()
+            with phases("refit"):
+                refit_stats = self.refitter.refit(self.actor.chunks)
+            if step + 1 + lag < total:
+                self.start_batch(step + 1 + lag, version=step + 1)
+            row = {
+                **rollout_metrics(samples),
+                **stats,
+                **upd,
+                **refit_stats,
+                "lr": self.actor.optimizer.param_groups[0]["lr"],
+                "rollout/policy_version": version,  # updates included in the weights that sampled it
+                "rollout/staleness": step - version,
+            }
+            if rl.eval_every and ((step + 1) % rl.eval_every == 0 or step + 1 == total):
+                with phases("evaluate"):
+                    row.update(share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer)))
+            row.update(phases.metrics())
+            logger.log(step + 1, row)  # before the checkpoint: a resume never lacks a logged step
+            history.append({"step": step + 1, **row})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{row['reward/all']:.2f}", kl=f"{row['kl']:.3f}")
+            interval = cfg.checkpoint.save_interval
+            if interval and (step + 1) % interval == 0 and step + 1 < total:
+                self.save(step + 1, pending=self.queue.peek(step + 1) if lag else None)
+            crash_point("kill_after_step", step + 1)
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{row['reward/all']:.2f}", kl=f"{row['kl']:.3f}")
-        if step + 1 < total_steps:
-            samples, version = next_samples, next_version
-        interval = cfg.checkpoint.save_interval
-        if interval and (step + 1) % interval == 0 and step + 1 < total_steps:
-            _save(cfg, ckpt_root, step + 1, policy, popt, psched, value, vopt, vsched, (samples, version))
-        crash_point("kill_after_step", step + 1)
-    if bar is not None:
-        bar.close()
-    logger.close()
-    _save(cfg, ckpt_root, total_steps, policy, popt, psched, value, vopt, vsched, None)
-    summary: dict[str, Any] = {"steps": total_steps, "final_checkpoint": str(find_latest(ckpt_root))}
-    evals = [h for h in history if "eval/reward/all" in h]
-    if evals:
-        summary["eval_first"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
-        summary["eval_last"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
-    if rl.export_hf:
-        summary["hf_export"] = str(export_hf(policy, cfg.model, out_dir / "hf", tokenizer_dir=hf_source))
-    if is_rank0():
-        _plot(out_dir)
-    refitter.close()
-    if rollouts.engine is not None:
-        rollouts.engine.close()
-    barrier()
-    destroy_parallel()
-    return summary
-
-
-def _save(cfg, root, step, policy, popt, psched, value, vopt, vsched, pending) -> None:
-    """Policy (+ its optimizer/scheduler, data position, RNG, pending async batch), then the value model."""
-    meta = {"model": dataclasses.asdict(cfg.model), "algorithm": "rlvr"}
-    extra = {"pending_rollouts": None}
-    if pending is not None and cfg.rlvr.async_mode:  # generated before this checkpoint's update: keep it
-        extra["pending_rollouts"] = {
-            "samples": [dataclasses.asdict(s) for s in pending[0]],
-            "version": pending[1],
-        }
-    path = save_checkpoint(
-        root, step, policy, popt, psched, extra=extra, keep_last=cfg.checkpoint.keep_last, meta=meta
-    )
-    if value is not None:
-        save_checkpoint(path, 0, value, vopt, vsched, meta=meta)
+            bar.close()
+        logger.close()
+        self.save(total, pending=None)
+        summary: dict[str, Any] = {"steps": total, "final_checkpoint": str(find_latest(self.ckpt_root))}
+        evals = [h for h in history if "eval/reward/all" in h]
+        if evals:
+            summary["eval_first"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
+            summary["eval_last"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
+        if rl.export_hf:
+            summary["hf_export"] = str(
+                export_hf(self.actor.chunks, cfg.model, self.out_dir / "hf", tokenizer_dir=self.hf_source)
+            )
         if is_rank0():
-            (path / "step_0000000").rename(path / "value")
+            _plot(self.out_dir)
         barrier()
+        return summary
+
+    # ---------------------------------------------------------------------------- checkpoint
+    def save(self, step: int, pending: tuple[list[Rollout], int] | None) -> None:
+        """Policy (+ optimizer, scheduler, data position, RNG, the pending async batch), then the
+        value model."""
+        pending = share_from_driver(pending)
+        cfg = self.cfg
+        meta = {"model": dataclasses.asdict(cfg.model), "algorithm": "rlvr"}
+        extra: dict[str, Any] = {"pending_rollouts": None}
+        if pending is not None:  # generated before this checkpoint's update: keep it for an exact resume
+            extra["pending_rollouts"] = {
+                "rollouts": [dataclasses.asdict(r) for r in pending[0]],
+                "version": pending[1],
+            }
+        a = self.actor
+        path = save_checkpoint(
+            self.ckpt_root,
+            step,
+            a.chunks,
+            a.optimizer,
+            a.scheduler,
+            extra=extra,
+            keep_last=cfg.checkpoint.keep_last,
+            meta=meta,
+        )
+        if self.critic is not None:
+            c = self.critic
+            save_checkpoint(path, 0, c.chunks, c.optimizer, c.scheduler, meta=meta)
+            if is_rank0():
+                (path / "step_0000000").rename(path / "value")
+            barrier()
+
+    # ---------------------------------------------------------------------------------- close
+    def close(self) -> None:
+        """Stop generation, leave the refit group, stop every engine, tear the process group down."""
+        for name in ("queue", "refitter", "fleet"):
+            part = getattr(self, name, None)
+            if part is not None:
+                try:
+                    part.close()
+                except Exception as exc:  # keep closing the rest; the first error is already raised
+                    print(f"[rlvr] closing {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        service = getattr(self, "engine_service", None)
+        if service is not None:  # a colocated engine on this rank: its service ends on the driver's stop
+            service.join(60)
+            service.engine.close()
+        destroy_parallel()
 
 
 def _plot(out_dir: Path) -> None:
@@ -642,7 +841,7 @@ def main(argv: list[str]) -> int:
         print(main.__doc__)
         return 0
     summary = train_rlvr(load_config(argv, config_name="rlvr", schema=RLVRRunConfig))
-    if is_rank0():
+    if summary:
         print(json.dumps(summary, indent=2, default=str))
     return 0
 

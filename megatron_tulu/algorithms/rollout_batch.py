@@ -12,7 +12,7 @@ last response token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +26,7 @@ class RolloutSample:
     correct: float  # raw verifier score in [0, 1]
     dataset: str
     prompt_index: int
+    engine_logprobs: list[float] = field(default_factory=list)  # the engine's log-prob of each response token
 
 
 def row_length(samples: Sequence[RolloutSample], multiple: int, cap: int) -> int:
@@ -53,4 +54,12 @@ def build_rollout_tensors(
         mask[i, p - 1 : p - 1 + len(s.response_ids)] = 1.0
     position_ids = torch.arange(length).unsqueeze(0).expand(b, -1).contiguous()
     scores = torch.tensor([s.score for s in samples], dtype=torch.float32)
-    return {"tokens": tokens, "labels": labels, "mask": mask, "position_ids": position_ids, "scores": scores}
+    out = {"tokens": tokens, "labels": labels, "mask": mask, "position_ids": position_ids, "scores": scores}
+    if samples and all(len(s.engine_logprobs) == len(s.response_ids) for s in samples):
+        # aligned with ``mask``: the engine's log-prob of the token each position predicts
+        engine_logp = torch.zeros((b, length), dtype=torch.float32)
+        for i, s in enumerate(samples):
+            p = len(s.prompt_ids)
+            engine_logp[i, p - 1 : p - 1 + len(s.response_ids)] = torch.tensor(s.engine_logprobs)
+        out["engine_logp"] = engine_logp
+    return out

@@ -182,7 +182,9 @@ class RolloutConfig:
 
     engine_tp: int = 1
     num_engines: int = 1
-    placement: str = "dedicated"  # dedicated: engine ranks apart from learners | colocated
+    # colocated: engines share ranks with learners (the CPU default: one engine in learner rank 0's
+    # process) | dedicated: engine ranks apart from the learners (Tülu 3's layout)
+    placement: str = "colocated"
     gpu_memory_utilization: float = 0.3  # on CPU vLLM sizes host memory with this
     enforce_eager: bool = True
     temperature: float = 1.0
@@ -191,7 +193,10 @@ class RolloutConfig:
     max_prompt_len: int = 512
     samples_per_prompt: int = 1  # >1 for GRPO groups
     refit_bucket_mb: int = 64
-    refit_timeout_s: float = 300.0
+    refit_timeout_s: float = 300.0  # also how long a silent rank (killed, hung) may go unnoticed
+    # compare the engine's log-probs of every sampled token with the learner's (one more
+    # log-softmax per batch): rollout/engine_logprob_gap_max|mean in the metrics
+    check_logprobs: bool = False
 
 
 @dataclass
@@ -200,7 +205,7 @@ class RLVROptions:
 
     estimator: str = "gae"  # gae (PPO with a value model) | grpo
     beta: float = 0.05  # KL penalty
-    kl_kind: str = "k1"
+    kl_kind: str | None = None  # k1 | k2 | k3; null: k1 in PPO's reward penalty, k3 in GRPO's KL loss
     alpha: float = 10.0  # verifiable reward for a correct answer
     no_eos_penalty: float = -10.0
     gamma: float = 1.0
@@ -216,6 +221,7 @@ class RLVROptions:
     value_model: str | None = None  # HF dir of a reward model to initialise the value model
     value_lr: float | None = None  # default: optimizer.lr
     eval_every: int = 10
+    reward_workers: int = 2  # verifier worker processes (each scores with a hard time limit)
     heldout_files: list[str] | None = None
     # per-dataset share of the training prompts, e.g. {gsm8k: 0.25}: 1 keeps all, 2 repeats, 0 drops;
     # null (or a dataset left out): keep every row

@@ -55,13 +55,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(timeout_minutes: int = 30) -> None:
-    """Join the torchrun world (or make a world of one). NCCL on CUDA, gloo otherwise."""
+@dataclass(frozen=True)
+class LearnerWorld:
+    """The learner ranks of a job whose other ranks have other roles (RLVR engines): the default
+    process group, and so Megatron-Core, spans only these ``size`` ranks (``rank`` is this
+    process's learner rank), rendezvousing through the job's store."""
+
+    store: dist.Store
+    rank: int
+    size: int
+
+
+def init_distributed(timeout_minutes: int = 30, world: LearnerWorld | None = None) -> None:
+    """Join the torchrun world (or make a world of one, or the learner part of a job).
+    NCCL on CUDA, gloo otherwise."""
     if dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     device_for_rank()
     timeout = datetime.timedelta(minutes=timeout_minutes)
+    if world is not None:
+        dist.init_process_group(
+            backend=backend,
+            store=dist.PrefixStore("learners/", world.store),
+            rank=world.rank,
+            world_size=world.size,
+            timeout=timeout,
+        )
+        return
     if "MASTER_PORT" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torchrun, or a caller that picked the port itself (a world of one unless it says more)
         for key, default in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1")):
@@ -75,16 +96,19 @@ def init_distributed(timeout_minutes: int = 30) -> None:
     )
 
 
-def init_parallel(model: ModelConfig, parallel: ParallelConfig, seed: int = 1234) -> ParallelInfo:
+def init_parallel(
+    model: ModelConfig, parallel: ParallelConfig, seed: int = 1234, world: LearnerWorld | None = None
+) -> ParallelInfo:
     """Validate the layout, then initialise distributed state, model-parallel groups and RNG.
 
-    The layout is checked against ``WORLD_SIZE`` *before* any process group is created, so a
-    bad Hydra override fails at once with a message instead of hanging in a collective.
+    The layout is checked against ``WORLD_SIZE`` (or ``world.size``: the learner ranks of a job
+    with other roles) *before* any process group is created, so a bad Hydra override fails at
+    once with a message instead of hanging in a collective.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = world.size if world is not None else int(os.environ.get("WORLD_SIZE", "1"))
     dp = validate_layout(model, parallel, world_size)
     enable_cpu_compat()
-    init_distributed(parallel.distributed_timeout_minutes)
+    init_distributed(parallel.distributed_timeout_minutes, world)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(

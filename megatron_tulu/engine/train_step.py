@@ -125,3 +125,62 @@ def train_step(
         lr=lr,
         skipped=not ok,
     )
+
+
+def batch_to_device(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """Move a micro-batch's tensors to the device of ``model``'s parameters."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def forward_batch(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The one "batch to device, then the GPTModel forward" of every trainer: ``tokens`` and
+    ``position_ids`` in (causal mask built by the model), logits (or the last-stage output) out.
+    Returns ``(output, batch on the model's device)``."""
+    batch = batch_to_device(batch, model)
+    out = model(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
+    return out, batch
+
+
+def forward_only_collect(
+    model_chunks: list[torch.nn.Module],
+    micro_batches: list[dict[str, Any]],
+    fn: Callable[[torch.Tensor, dict[str, Any]], dict[str, torch.Tensor]],
+    micro_batch_size: int,
+) -> dict[str, torch.Tensor] | None:
+    """Forward-only pass over ``micro_batches``: ``fn(output, batch) -> {name: tensor [b, ...]}``
+    runs on the last pipeline stage; the concatenated tensors are returned on every rank of the
+    pipeline (broadcast from the last stage), on CPU."""
+
+    def step(data_iterator, model):
+        out, batch = forward_batch(model, next(data_iterator))
+
+        def loss_func(output):
+            detached = {k: v.detach().cpu() for k, v in fn(output, batch).items()}
+            return torch.zeros((), device=output.device), torch.tensor(1, dtype=torch.int), detached
+
+        return out, loss_func
+
+    for chunk in model_chunks:
+        chunk.eval()
+    with torch.no_grad():
+        outs = forward_backward(
+            step,
+            iter(micro_batches),
+            model_chunks,
+            num_microbatches=len(micro_batches),
+            seq_length=micro_batches[0]["tokens"].shape[1],
+            micro_batch_size=micro_batch_size,
+            forward_only=True,
+        )
+    for chunk in model_chunks:
+        chunk.train()
+    result = {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if outs else None
+    holder = [result]
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast_object_list(
+            holder,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )
+    return holder[0]

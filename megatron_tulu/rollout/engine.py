@@ -45,7 +45,7 @@ from megatron_tulu.rollout.bridge.transport import (
     plan_fingerprint,
 )
 
-__all__ = ["Rollout", "RolloutEngine", "SamplingSettings"]
+__all__ = ["Rollout", "RolloutEngine", "SamplingSettings", "run_headless_workers", "vllm_engine_kwargs"]
 
 WORKER_EXTENSION = "megatron_tulu.rollout.worker_ext.RefitWorkerExtension"
 
@@ -90,6 +90,77 @@ def _cpu_thread_binding(tp: int) -> str:
     return "|".join(",".join(str(c) for c in g) for g in groups)
 
 
+def vllm_engine_kwargs(
+    model: str | os.PathLike,
+    *,
+    tp: int = 1,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+    memory_fraction: float = 0.3,
+    kv_cache_bytes: int | None = None,
+    max_model_len: int | None = 2048,
+    enforce_eager: bool = True,
+    load_format: str = "auto",
+    logprobs_mode: str = "raw_logprobs",
+    **llm_kwargs,
+) -> dict:
+    """vLLM engine arguments of a rollout engine: one definition for the engine's leader
+    (:class:`RolloutEngine`) and the headless workers of its other nodes
+    (:func:`run_headless_workers`), which must agree on every field."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not torch.cuda.is_available() and tp > 1:
+        os.environ.setdefault(
+            "VLLM_CPU_OMP_THREADS_BIND", _cpu_thread_binding(tp // llm_kwargs.get("nnodes", 1))
+        )
+    kwargs = dict(
+        model=str(Path(model)),
+        tensor_parallel_size=tp,
+        dtype=dtype,
+        seed=seed,
+        gpu_memory_utilization=memory_fraction,
+        max_model_len=max_model_len,
+        enforce_eager=enforce_eager,
+        skip_tokenizer_init=True,
+        load_format=load_format,
+        logprobs_mode=logprobs_mode,
+        worker_extension_cls=WORKER_EXTENSION,
+    )
+    if kv_cache_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
+    if not torch.cuda.is_available():
+        # A prompt whose prefill is split across scheduler steps has its sampled token
+        # discarded, and vLLM then rewinds that request's seeded generator with
+        # Generator.set_offset, which CPU generators lack ("CPU Generator does not use
+        # offset": the engine dies). Whole prefills only; the budget must fit the longest one.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(8192, max_model_len or 0)
+    if llm_kwargs.get("nnodes", 1) > 1:
+        # one engine over several nodes: vLLM's multiprocessing executor (no Ray); the leader
+        # node runs the engine core, the others run headless workers (run_headless_workers)
+        kwargs["distributed_executor_backend"] = "mp"
+    kwargs.update(llm_kwargs)
+    return kwargs
+
+
+def run_headless_workers(model: str | os.PathLike, **engine_kwargs):
+    """Start this node's share of a multi-node engine's workers (``nnodes > 1``, ``node_rank > 0``):
+    vLLM's multiprocessing executor in headless mode, as ``vllm serve --headless`` does
+    (``vllm/entrypoints/cli/serve.py::run_headless``); the workers join the leader's
+    torch.distributed group at ``master_addr:master_port`` and take RPCs from the leader's engine
+    core. Returns the executor: call its ``shutdown()`` when the engine is done (its workers do not
+    exit on their own when the leader stops)."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+    kwargs = vllm_engine_kwargs(model, **engine_kwargs)
+    if kwargs.get("nnodes", 1) < 2 or kwargs.get("node_rank", 0) < 1:
+        raise ValueError("run_headless_workers is for the non-leader nodes of a multi-node engine")
+    config = EngineArgs(**kwargs).create_engine_config(UsageContext.ENGINE_CONTEXT, headless=True)
+    executor = MultiprocExecutor(config, monitor_workers=False)
+    return executor
+
+
 class RolloutEngine:
     """A vLLM engine over an HF directory.
 
@@ -115,37 +186,24 @@ class RolloutEngine:
         logprobs_mode: str = "raw_logprobs",
         **llm_kwargs,
     ):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if not torch.cuda.is_available() and tp > 1:
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_thread_binding(tp))
-        from vllm import LLM
-
         self.model_path = str(Path(model))
         self.tp = tp
         t0 = time.perf_counter()
-        kwargs = dict(
-            model=self.model_path,
-            tensor_parallel_size=tp,
+        kwargs = vllm_engine_kwargs(
+            model,
+            tp=tp,
             dtype=dtype,
             seed=seed,
-            gpu_memory_utilization=memory_fraction,
+            memory_fraction=memory_fraction,
+            kv_cache_bytes=kv_cache_bytes,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
-            skip_tokenizer_init=True,
             load_format=load_format,
             logprobs_mode=logprobs_mode,
-            worker_extension_cls=WORKER_EXTENSION,
+            **llm_kwargs,
         )
-        if kv_cache_bytes is not None:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
-        if not torch.cuda.is_available():
-            # A prompt whose prefill is split across scheduler steps has its sampled token
-            # discarded, and vLLM then rewinds that request's seeded generator with
-            # Generator.set_offset, which CPU generators lack ("CPU Generator does not use
-            # offset": the engine dies). Whole prefills only; the budget must fit the longest one.
-            kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(8192, max_model_len or 0)
-        kwargs.update(llm_kwargs)
+        from vllm import LLM  # after vllm_engine_kwargs set HF_HUB_OFFLINE / the CPU thread binding
+
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
         self._spec: RefitSpec | None = None

@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from megatron_tulu.algorithms.rlvr import RolloutSample, ppo_updates, prepare_batch
+from megatron_tulu.algorithms.rlvr import PolicyActor, RolloutSample, ValueCritic, ppo_updates, prepare_batch
 from megatron_tulu.algorithms.value_model import build_value_model
 from megatron_tulu.config.schema import ParallelConfig, RLVRRunConfig
 from megatron_tulu.engine.model import build_model
@@ -75,8 +75,10 @@ def main() -> None:
             samples = [RolloutSample(**s) for s in json.load(f)]
     else:
         samples = rollouts(cfg.model.vocab_size, 8, cfg.rollout.samples_per_prompt)
-    data, stats = prepare_batch(cfg, samples, policy, reference, value, 1, info)
-    upd = ppo_updates(cfg, data, policy, value, popt, vopt, psched, vsched, 0, info)
+    actor = PolicyActor(cfg, policy, reference, popt, psched)
+    critic = ValueCritic(cfg, value, vopt, vsched) if value is not None else None
+    data, stats = prepare_batch(cfg, samples, actor, critic, 1, info)
+    upd = ppo_updates(cfg, data, actor, critic, 0)
     weights = collect_hf_state_on_rank0(policy, cfg.model)
     if info.rank == 0:
         torch.save(

@@ -1,0 +1,173 @@
+"""Setting up an RL job's ranks by role (learner, engine) and the engines' fleet.
+
+Every rank of the single ``torchrun`` world calls :func:`start_rl_job`: roles come from
+:func:`~megatron_tulu.algorithms.roles.assign_roles` (the table ``examples/rlvr_405b.py --dry-run``
+prints), the control channel and the watchdog span the whole world, and only learner ranks go on to
+form the default process group (Megatron-Core's world). Engine-only ranks then run
+:func:`run_engine_rank` until the driver (learner rank 0) stops them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from megatron_tulu.algorithms.roles import RankRole, RoleAssignment, assign_roles
+from megatron_tulu.config.schema import RLVRRunConfig
+from megatron_tulu.engine.job import (
+    ControlChannel,
+    JobEnv,
+    Watchdog,
+    connect_store,
+    host_address,
+    job_env,
+    lookup,
+    publish,
+    reserve_port,
+)
+from megatron_tulu.engine.parallel import LearnerWorld
+from megatron_tulu.rollout.fleet import (
+    ColocatedEngineThread,
+    EngineFleet,
+    EngineOptions,
+    EnginePlacement,
+    serve_engine_rank,
+)
+
+__all__ = ["RLJob", "describe_rank", "start_rl_job"]
+
+
+def describe_rank(roles: RoleAssignment, rank: int) -> str:
+    """``learner tp1 pp0 dp0 on node 0`` / ``engine 1 tp-rank 3 on node 2`` (for error messages)."""
+    r = roles.role_of(rank)
+    parts = []
+    if r.learner is not None:
+        parts.append(f"learner tp{r.learner.tp} pp{r.learner.pp} dp{r.learner.dp}")
+    if r.engine is not None:
+        parts.append(f"engine {r.engine.engine} tp-rank {r.engine.tp_rank}")
+    return " + ".join(parts) + f" on node {r.node}"
+
+
+@dataclass
+class RLJob:
+    """This rank's place in the job and the cross-role plumbing."""
+
+    job: JobEnv
+    roles: RoleAssignment
+    role: RankRole
+    store: object
+    channel: ControlChannel | None
+    watchdog: Watchdog | None
+    host: str
+    placements: list[EnginePlacement]
+
+    @property
+    def is_driver(self) -> bool:
+        return self.job.rank == 0
+
+    def learner_world(self) -> LearnerWorld:
+        return LearnerWorld(self.store, self.job.rank, self.roles.learner_world_size)
+
+    def engine_options(self, cfg: RLVRRunConfig, model: str, dtype: str) -> EngineOptions:
+        ro = cfg.rollout
+        return EngineOptions(
+            model=model,
+            tp=ro.engine_tp,
+            dtype=dtype,
+            seed=cfg.train.seed,
+            memory_fraction=ro.gpu_memory_utilization,
+            max_model_len=ro.max_prompt_len + ro.max_new_tokens + 8,
+            enforce_eager=ro.enforce_eager,
+        )
+
+    def refit_address(self) -> tuple[str, int]:
+        """Where learner rank 0 hosts the refit group's store: its own address and a port it
+        reserved, shared with the other learners through the job store."""
+        if self.is_driver:
+            publish(self.store, "refit/address", (self.host, reserve_port()))
+        return lookup(self.store, "refit/address", 600.0)
+
+    def start_fleet(self, options: EngineOptions) -> tuple[EngineFleet | None, ColocatedEngineThread | None]:
+        """On learner ranks: start the engines this process hosts (colocated placement) and, on the
+        driver, the fleet that reaches all engines."""
+        from megatron_tulu.rollout.engine import RolloutEngine
+
+        local, service = {}, None
+        for p in self.placements:
+            if p.leader == self.job.rank:
+                engine = RolloutEngine(options.model, **options.kwargs())
+                if self.is_driver:
+                    local[p.index] = engine
+                else:
+                    service = ColocatedEngineThread(self.channel, self.job.rank, engine)
+        if not self.is_driver:
+            return None, service
+        stop = [r.rank for r in self.roles.ranks if not r.is_learner]
+        stop += [
+            p.leader for p in self.placements if p.leader != 0 and self.roles.role_of(p.leader).is_learner
+        ]
+        return EngineFleet(self.channel, self.placements, local, stop), service
+
+    def run_engine_rank(self, options: EngineOptions) -> None:
+        """Main of an engine-only rank (dedicated placement)."""
+        placement = self.placements[self.role.engine.engine]
+        serve_engine_rank(
+            self.channel,
+            self.store,
+            self.job.rank,
+            placement,
+            options,
+            self.roles.gpus_per_node,
+            self.host,
+        )
+
+    def finish(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.finish()
+
+    def fail(self, reason: str) -> None:
+        if self.watchdog is not None:
+            self.watchdog.report_failure(reason)
+
+
+def start_rl_job(cfg: RLVRRunConfig, verbose: bool = True) -> RLJob:
+    """Roles for every rank of this world, then the store, control channel and watchdog."""
+    job = job_env()
+    nodes = max(1, job.world_size // job.local_world_size)
+    roles = assign_roles(
+        cfg.model, cfg.parallel, cfg.rollout, nodes=nodes, gpus_per_node=job.local_world_size
+    )
+    if verbose and job.rank == 0:
+        print("roles:\n" + roles.describe(), file=sys.stderr, flush=True)
+    timeout_s = cfg.rollout.refit_timeout_s
+    store = connect_store(job, timeout_s=max(timeout_s, 300.0))
+    placements = [
+        EnginePlacement(
+            index=e,
+            ranks=tuple(roles.engine_ranks(e)),
+            nodes=tuple(roles.role_of(r).node for r in roles.engine_ranks(e)),
+        )
+        for e in range(roles.num_engines)
+    ]
+    channel = watchdog = None
+    if job.world_size > 1:
+        channel = ControlChannel(
+            store, job.rank, job.world_size, timeout_s=cfg.parallel.distributed_timeout_minutes * 60
+        )
+        watchdog = Watchdog(
+            store,
+            job.rank,
+            list(range(job.world_size)),
+            describe=lambda r: describe_rank(roles, r),
+            timeout_s=timeout_s,
+        )
+    return RLJob(
+        job=job,
+        roles=roles,
+        role=roles.role_of(job.rank),
+        store=store,
+        channel=channel,
+        watchdog=watchdog,
+        host=host_address(job),
+        placements=placements,
+    )

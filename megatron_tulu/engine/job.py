@@ -1,0 +1,296 @@
+"""One ``torchrun`` world split into roles: the store, addresses, a control channel and liveness.
+
+An RLVR job is a single ``torchrun`` world whose ranks take different roles (learner, vLLM engine;
+:mod:`megatron_tulu.algorithms.roles`). Only the learner ranks form the default process group that
+Megatron-Core sees; everything that crosses roles goes through what this module builds on the
+launcher's own key-value store (the torchrun agent's ``TCPStore`` at ``MASTER_ADDR:MASTER_PORT``):
+
+- :func:`connect_store` -- a client of that store (or, outside an agent, rank 0 hosts it), with a
+  prefix per launcher restart so a restarted attempt never reads an old attempt's keys;
+- :func:`host_address` -- the address other nodes reach this rank at (``MEGATRON_TULU_HOST``, else
+  ``MASTER_ADDR`` on node 0, else this host's resolved name): never a hard-coded loopback;
+- :func:`publish` / :func:`lookup` -- ports and addresses negotiated through the store;
+- :class:`ControlChannel` -- pickled messages between any two ranks over a gloo group of the whole
+  world that is *not* the default group (so Megatron never sees engine ranks);
+- :class:`Watchdog` -- heartbeats in the store; a rank whose heartbeat stops (killed, hung node,
+  launcher gone) ends every other rank within ``timeout_s`` with an ``error:`` line naming the rank
+  and its role, and this process's helper processes (vLLM's engine core and workers) go with it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "ControlChannel",
+    "JobEnv",
+    "Watchdog",
+    "connect_store",
+    "host_address",
+    "job_env",
+    "kill_descendants",
+    "lookup",
+    "publish",
+    "reserve_port",
+]
+
+
+@dataclass(frozen=True)
+class JobEnv:
+    """What the launcher told this process (torchrun's environment variables)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    node_rank: int
+    master_addr: str
+    master_port: int | None
+    agent_store: bool  # torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE=True)
+    restart_count: int
+
+
+def job_env(env: Mapping[str, str] | None = None) -> JobEnv:
+    """Read torchrun's variables; a plain ``python`` process is a world of one on node 0."""
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1"))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    rank = int(env.get("RANK", "0"))
+    node = env.get("GROUP_RANK")  # torchrun: the node rank
+    port = env.get("MASTER_PORT")
+    return JobEnv(
+        rank=rank,
+        world_size=world,
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        local_world_size=local_world,
+        node_rank=int(node) if node is not None else rank // max(1, local_world),
+        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=int(port) if port else None,
+        agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+        restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+    )
+
+
+def host_address(
+    job: JobEnv, env: Mapping[str, str] | None = None, resolve: Callable[[], str] | None = None
+) -> str:
+    """The address other nodes use to reach this rank.
+
+    ``MEGATRON_TULU_HOST`` wins (clusters whose node names resolve to the wrong interface); on node
+    0 it is ``MASTER_ADDR`` (the launcher's store lives there, so every node reaches it by that
+    name); elsewhere this host's name, resolved."""
+    env = os.environ if env is None else env
+    if env.get("MEGATRON_TULU_HOST"):
+        return env["MEGATRON_TULU_HOST"]
+    if job.node_rank == 0:
+        return job.master_addr
+    return (resolve or _resolve_own_host)()
+
+
+def _resolve_own_host() -> str:
+    name = socket.gethostname()
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return name
+
+
+def reserve_port(host: str = "") -> int:
+    """A TCP port free on this host a moment ago (bound on all interfaces, then released)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def connect_store(job: JobEnv, timeout_s: float = 300.0) -> dist.Store:
+    """The job's key-value store: the torchrun agent's store when there is one (every rank a client);
+    otherwise rank 0 hosts one at ``MASTER_ADDR:MASTER_PORT``; a world of one gets a private store."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if job.world_size == 1 and job.master_port is None:
+        store: dist.Store = dist.TCPStore("127.0.0.1", reserve_port("127.0.0.1"), 1, True, timeout=timeout)
+    elif job.agent_store:
+        store = dist.TCPStore(job.master_addr, job.master_port, None, False, timeout=timeout)
+    else:
+        if job.master_port is None:
+            raise RuntimeError("WORLD_SIZE > 1 without MASTER_PORT: launch with torchrun")
+        store = dist.TCPStore(
+            job.master_addr,
+            job.master_port,
+            job.world_size,
+            job.rank == 0,
+            timeout=timeout,
+            multi_tenant=True,
+        )
+    return dist.PrefixStore(f"megatron_tulu/attempt_{job.restart_count}/", store)
+
+
+def publish(store: dist.Store, key: str, value: Any) -> None:
+    store.set(key, pickle.dumps(value))
+
+
+def lookup(store: dist.Store, key: str, timeout_s: float | None = None) -> Any:
+    """Wait for ``key`` (up to ``timeout_s``) and return its value."""
+    if timeout_s is not None:
+        store.wait([key], datetime.timedelta(seconds=timeout_s))
+    return pickle.loads(store.get(key))
+
+
+class ControlChannel:
+    """Pickled messages between ranks of the whole world, over a gloo group apart from the default one.
+
+    Both ends must agree on the order of messages between a pair (one sender thread per pair and tag).
+    Messages come only from ranks of the same job (not hostile input)."""
+
+    def __init__(self, store: dist.Store, rank: int, world_size: int, timeout_s: float):
+        from torch.distributed import ProcessGroupGloo
+
+        self.rank, self.world_size = rank, world_size
+        self.pg = ProcessGroupGloo(
+            dist.PrefixStore("control/", store), rank, world_size, datetime.timedelta(seconds=timeout_s)
+        )
+
+    def send(self, obj: Any, dst: int, tag: int = 0) -> None:
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        header = torch.tensor([len(payload)], dtype=torch.int64)
+        self.pg.send([header], dst, tag).wait()
+        if payload:
+            self.pg.send([torch.frombuffer(bytearray(payload), dtype=torch.uint8)], dst, tag).wait()
+
+    def recv(self, src: int, tag: int = 0) -> Any:
+        header = torch.zeros(1, dtype=torch.int64)
+        self.pg.recv([header], src, tag).wait()
+        buf = torch.empty(int(header.item()), dtype=torch.uint8)
+        self.pg.recv([buf], src, tag).wait()
+        return pickle.loads(buf.numpy().tobytes())
+
+    def barrier(self) -> None:
+        self.pg.barrier().wait()
+
+
+def kill_descendants() -> int:
+    """SIGKILL every process this one started, recursively (vLLM's engine core and workers).
+    Returns how many were signalled."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return 0
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=10)
+    return len(children)
+
+
+class Watchdog:
+    """Heartbeats through the job store; ends this process when a peer falls silent.
+
+    Every ``interval_s`` this rank bumps ``heartbeat/<rank>`` and reads its peers'. A peer whose
+    counter has not moved for ``timeout_s`` of *this* rank's clock (no clock agreement needed
+    between nodes), or that posted ``failed/<rank>``, or a store that stopped answering (the
+    launcher of node 0 is gone) ends this process: one ``error:`` line naming the rank(s) and their
+    role, this process's children killed, exit code 1. A rank that finished cleanly calls
+    :meth:`finish` so its silence afterwards is not a failure."""
+
+    def __init__(
+        self,
+        store: dist.Store,
+        rank: int,
+        peers: list[int],
+        describe: Callable[[int], str],
+        timeout_s: float,
+        interval_s: float = 1.0,
+        on_failure: Callable[[str], None] | None = None,
+    ):
+        self.store, self.rank, self.peers = store, rank, [p for p in peers if p != rank]
+        self.describe, self.timeout_s, self.interval_s = describe, timeout_s, interval_s
+        self.on_failure = on_failure or _fail_process
+        self._stop = threading.Event()
+        self._beats = 0
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        self._beats += 1
+        self.store.set(f"heartbeat/{self.rank}", str(self._beats))
+
+    def _run(self) -> None:
+        seen: dict[int, tuple[bytes | None, float]] = {p: (None, time.monotonic()) for p in self.peers}
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._beat()
+                now, silent, failed = time.monotonic(), [], []
+                for peer in self.peers:
+                    if self.store.check([f"done/{peer}"]):
+                        continue
+                    if self.store.check([f"failed/{peer}"]):
+                        failed.append((peer, self.store.get(f"failed/{peer}").decode(errors="replace")))
+                        continue
+                    value = (
+                        self.store.get(f"heartbeat/{peer}")
+                        if self.store.check([f"heartbeat/{peer}"])
+                        else None
+                    )
+                    last, since = seen[peer]
+                    if value != last:
+                        seen[peer] = (value, now)
+                    elif now - since > self.timeout_s:
+                        silent.append((peer, now - since))
+            except Exception as exc:  # the store itself is gone: node 0's launcher exited
+                if self._stop.is_set():
+                    return
+                self.on_failure(
+                    f"the job store stopped answering ({type(exc).__name__}: {exc}); node 0's launcher is gone"
+                )
+                return
+            if failed or silent:
+                parts = [f"rank {p} ({self.describe(p)}) failed: {why}" for p, why in failed]
+                parts += [
+                    f"rank {p} ({self.describe(p)}) silent for {s:.0f} s (killed or hung)" for p, s in silent
+                ]
+                self.on_failure("; ".join(parts))
+                return
+
+    def report_failure(self, reason: str) -> None:
+        """Tell the peers this rank is failing (they stop at once instead of waiting for silence)."""
+        try:
+            self.store.set(f"failed/{self.rank}", reason[:500])
+        except Exception:
+            pass
+
+    def finish(self) -> None:
+        """This rank ended cleanly: stop watching and let peers know its silence is expected."""
+        self._stop.set()
+        try:
+            self.store.set(f"done/{self.rank}", "1")
+        except Exception:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _fail_process(message: str) -> None:
+    print(
+        f"error: {message}; stopping this rank (rank {os.environ.get('RANK', '0')})",
+        file=sys.stderr,
+        flush=True,
+    )
+    kill_descendants()
+    os._exit(1)
