@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-tp", type=int, default=1, help="vLLM tensor parallel size")
     p.add_argument("--dtype", default=None, help="engine dtype (default float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--memory-fraction", type=float, default=0.2, help="vLLM gpu_memory_utilization")
+    p.add_argument(
+        "--kv-cache-gb", type=float, default=None, help="explicit KV-cache size (overrides the fraction)"
+    )
     p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -169,6 +172,7 @@ def _eval_model(hf_dir: Path, tasks: dict[str, list], args: argparse.Namespace, 
         dtype=dtype,
         seed=args.seed,
         memory_fraction=args.memory_fraction,
+        kv_cache_bytes=None if args.kv_cache_gb is None else int(args.kv_cache_gb * (1 << 30)),
         max_model_len=longest + args.max_new_tokens + 8,
     ) as engine:
         run = evaluate(
