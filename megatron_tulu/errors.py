@@ -93,7 +93,10 @@ def _first_reporter(text: str) -> bool:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if not run_id or os.environ.get("WORLD_SIZE", "1") == "1":
         return True
-    digest = hashlib.sha1(f"{run_id}\0{os.environ.get('MASTER_PORT', '')}\0{text}".encode()).hexdigest()[:16]
+    # The local ranks of one job share their launcher (parent) process; the run id alone is often
+    # the default "none".
+    job = f"{run_id}\0{os.getppid()}\0{os.environ.get('MASTER_PORT', '')}"
+    digest = hashlib.sha1(f"{job}\0{text}".encode()).hexdigest()[:16]
     marker = Path(tempfile.gettempdir()) / f"megatron_tulu_error_{os.getuid()}_{digest}"
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
