@@ -25,6 +25,7 @@ there; pass ``--kinds rlvr`` to include it). Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,6 +286,23 @@ def corruption_trial(ref_out: Path, work: Path, rng: random.Random) -> dict[str,
     }
 
 
+@contextlib.contextmanager
+def heavy_lock(path: str | None) -> Iterator[None]:
+    """Hold ``path`` (flock) for one trial, so trials never overlap other heavy jobs on a shared
+    machine (their timing would change the instants) yet do not block them for the whole run."""
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build_model(dest: Path) -> Path:
     if not (dest / "config.json").is_file():
         subprocess.run(
@@ -296,7 +315,7 @@ def build_model(dest: Path) -> Path:
 
 
 def run_trials(
-    out: Path, kinds: list[str], kills: int, corruptions: int, seed: int, log=print
+    out: Path, kinds: list[str], kills: int, corruptions: int, seed: int, log=print, lock: str | None = None
 ) -> list[dict[str, Any]]:
     """Reference run per kind, then ``kills`` kill trials spread over ``kinds`` and
     ``corruptions`` corruption trials. Returns every row (also written to ``out/trials.jsonl``)."""
@@ -308,9 +327,10 @@ def run_trials(
     rows: list[dict[str, Any]] = []
     for name in kinds:
         ref = out / f"ref_{name}"
-        rc, seconds, left = run_to_end(
-            command(KINDS[name], ref, cache, model, "false"), _env(KINDS[name]), out / f"ref_{name}.log"
-        )
+        with heavy_lock(lock):
+            rc, seconds, left = run_to_end(
+                command(KINDS[name], ref, cache, model, "false"), _env(KINDS[name]), out / f"ref_{name}.log"
+            )
         if rc != 0:
             raise SystemExit(f"reference {name} run failed (rc {rc}); see {out}/ref_{name}.log")
         refs[name] = (ref, seconds)
@@ -324,7 +344,8 @@ def run_trials(
 
                 shutil.rmtree(work)
             work.mkdir()
-            row = kill_trial(KINDS[name], *refs[name], work, cache, model, rng)
+            with heavy_lock(lock):
+                row = kill_trial(KINDS[name], *refs[name], work, cache, model, rng)
             rows.append(row)
             table.write(json.dumps(row) + "\n")
             table.flush()
@@ -376,13 +397,14 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--corruptions", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lock", default=None, help="flock file held during each run (shared machines)")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         print(f"error: unknown kind(s) {unknown}; known: {sorted(KINDS)}", file=sys.stderr)
         return 2
-    rows = run_trials(args.out, kinds, args.kills, args.corruptions, args.seed)
+    rows = run_trials(args.out, kinds, args.kills, args.corruptions, args.seed, lock=args.lock)
     table = summary_table(rows)
     (args.out / "summary.md").write_text(table + "\n")
     print(table)
