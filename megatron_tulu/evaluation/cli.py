@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,8 +193,6 @@ def _eval_model(hf_dir: Path, tasks: dict[str, list], args: argparse.Namespace, 
 def run_eval(argv: list[str]) -> dict[str, Any]:
     from megatron_tulu.cli_args import parse_flags_and_overrides
     from megatron_tulu.evaluation.contamination import contamination_report, format_contamination
-    from megatron_tulu.evaluation.metrics import task_metrics
-    from megatron_tulu.evaluation.report import format_table, plot_comparison, write_json, write_jsonl
     from megatron_tulu.evaluation.tasks import load_tasks
 
     args, overrides = parse_flags_and_overrides(_parser(), argv)
@@ -210,7 +209,27 @@ def run_eval(argv: list[str]) -> dict[str, Any]:
         contamination = contamination_report(tasks, args.decontaminate_against)
         print(format_contamination(contamination))
     out = Path(args.out) if args.out else None
+    # without --out, exported checkpoints live in a temporary directory removed at the end
     export_root = Path(tempfile.mkdtemp(prefix="mt_eval_export_")) if out is None else out / "exports"
+    try:
+        return _evaluate_models(args, overrides, tasks, models, contamination, out, export_root)
+    finally:
+        if out is None:
+            shutil.rmtree(export_root, ignore_errors=True)
+
+
+def _evaluate_models(
+    args: argparse.Namespace,
+    overrides: list[str],
+    tasks: dict[str, list],
+    models: list[tuple[str, Path, bool]],
+    contamination: dict[str, Any] | None,
+    out: Path | None,
+    export_root: Path,
+) -> dict[str, Any]:
+    from megatron_tulu.evaluation.metrics import task_metrics
+    from megatron_tulu.evaluation.report import format_table, plot_comparison, write_json, write_jsonl
+
     results: dict[str, Any] = {}
     table: dict[str, dict[str, dict[str, Any]]] = {}
     settings = None

@@ -12,6 +12,7 @@ from typing import Any
 TABLE_KEYS = (
     "n",
     "accuracy",
+    "contaminated",
     "clean_n",
     "clean_accuracy",
     "prompt_level_strict",
