@@ -156,3 +156,22 @@ def test_verify_cli_gsm8k_rule_open_instruct(tmp_path, capsys):
         scores = [json.loads(line)["score"] for line in out.read_text().splitlines()]
         assert scores == [float(case[column]) for case in GSM8K_CASES]
     capsys.readouterr()
+
+
+def test_verify_cli_strip_thinking_flag(tmp_path, capsys):
+    row = {
+        "prompt": "q",
+        "response": "<answer>5</answer> (check: 5 + 1 = 6)",
+        "ground_truth": "5",
+        "dataset": "gsm8k",
+    }
+    row_thinking_only = {**row, "response": "<think>it is 5"}  # never closed: no answer
+    source = tmp_path / "gens.jsonl"
+    source.write_text(json.dumps(row) + "\n" + json.dumps(row_thinking_only) + "\n")
+    scores = {}
+    for flag in ([], ["--strip-thinking"]):
+        out = tmp_path / f"out{len(flag)}.jsonl"
+        assert verify_main(["--input", str(source), "--output", str(out), "--workers", "1", *flag]) == 0
+        scores[bool(flag)] = [json.loads(line)["score"] for line in out.read_text().splitlines()]
+    assert scores == {False: [0.0, 1.0], True: [1.0, 0.0]}
+    capsys.readouterr()
