@@ -13,6 +13,11 @@ Typical use in an RLVR trainer::
 Every verifier call runs in a forked worker process under a hard per-item time limit
 (`time_limit`, default 5 s), so hostile model output can never stall training. New datasets are
 added with `@register_verifier("name")` (see `megatron_tulu.rewards.registry`).
+
+Options: `strip_thinking=True` verifies only the answer of a reasoning response
+(`megatron_tulu.rewards.thinking`); per-verifier options go in `verifier_options`, e.g.
+`{"gsm8k": {"rule": "open-instruct"}, "ifeval": {"mode": "loose"}}`. The `ifeval` verifier also
+reads Tülu 3's RLVR `func_name` ground truths (`megatron_tulu.rewards.ifeval.if_functions`).
 """
 
 from megatron_tulu.rewards.assembly import (
