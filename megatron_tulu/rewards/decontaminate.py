@@ -6,7 +6,8 @@ as contaminated when its instances overlap more than 2% of the instances of any 
 paper then dropped such datasets entirely or kept only the clean instances, a decision left to the
 user (the flag is reported, and the cleaned copy is always written).
 
-Inputs are JSONL files or HF datasets saved with `save_to_disk` (a directory). The prompt of a row
+Inputs are JSONL files, HF datasets saved with `save_to_disk` (a directory), or parquet: one file
+or a folder in the hub layout (`data/train-*.parquet`; kept rows are then written as JSONL). The prompt of a row
 is, by default, the concatenated user turns of `messages`, else `prompt` (a string, or a
 messages list), else `question`/`problem`/`instruction` (common eval-set fields); `--field`
 overrides that order. Outputs in `--out`:
@@ -25,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from megatron_tulu.rewards.ngram_overlap import EvalIndex
@@ -62,12 +64,38 @@ class Row:
 
 
 def _is_hf_dataset(path: str) -> bool:
-    return os.path.isdir(path)
+    """A folder written by `save_to_disk` (kept rows are written back the same way)."""
+    from megatron_tulu.data.io import _is_save_to_disk
+
+    return os.path.isdir(path) and _is_save_to_disk(Path(path))
+
+
+def _is_parquet(path: str) -> bool:
+    """A parquet file, or a folder of parquet shards as the hub stores a dataset."""
+    return path.endswith(".parquet") or os.path.isdir(path)
+
+
+def _iter_parquet_rows(path: str, fields: Sequence[str]) -> Iterator[Row]:
+    # Kept rows of parquet input are written as JSONL (`raw_line` is the row as JSON).
+    from megatron_tulu.data.io import DataError, read_rows
+
+    try:
+        for index, (location, row) in enumerate(read_rows(path)):
+            prompt = extract_prompt(row, fields)
+            if prompt is None:
+                raise InputError(f"{location}: no prompt found (looked for {', '.join(fields)})")
+            key = str(row["id"]) if row.get("id") is not None else location
+            yield Row(key, prompt, json.dumps(row, ensure_ascii=False, default=str) + "\n", index)
+    except DataError as exc:
+        raise InputError(str(exc)) from None
 
 
 def iter_rows(path: str, fields: Sequence[str]) -> Iterator[Row]:
     if _is_hf_dataset(path):
         yield from _iter_hf_rows(path, fields)
+        return
+    if _is_parquet(path):
+        yield from _iter_parquet_rows(path, fields)
         return
     # Bytes, decoded line by line, so a bad byte is reported with its file and line (a text-mode
     # read raises a bare UnicodeDecodeError).
@@ -121,7 +149,7 @@ def _iter_hf_rows(path: str, fields: Sequence[str]) -> Iterator[Row]:
 
 def _dataset_name(path: str) -> str:
     base = os.path.basename(os.path.normpath(path))
-    for suffix in (".jsonl", ".json"):
+    for suffix in (".jsonl", ".json", ".parquet"):
         base = base.removesuffix(suffix)
     return base
 

@@ -135,6 +135,31 @@ def test_hf_dataset_on_disk(tmp_path):
     assert kept["prompt"] == ["hello there"]
 
 
+def test_hub_parquet_layout(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    hub = tmp_path / "tulu-3-sft-mixture"
+    (hub / "data").mkdir(parents=True)
+    rows = [
+        {"id": "a", "messages": [{"role": "user", "content": "hello there"}], "source": "s"},
+        {"id": "b", "messages": [{"role": "user", "content": EVAL_QUESTION}], "source": "s"},
+    ]
+    datasets.Dataset.from_list(rows).to_parquet(str(hub / "data" / "train-00000-of-00001.parquet"))
+    eval_path = _jsonl(tmp_path / "eval.jsonl", [{"prompt": EVAL_QUESTION}])
+    assert main(["--train", str(hub), "--eval", eval_path, "--out", str(tmp_path / "o")]) == 0
+    kept = [
+        json.loads(line) for line in (tmp_path / "o" / "tulu-3-sft-mixture.jsonl").read_text().splitlines()
+    ]
+    assert kept == rows[:1]
+    assert (tmp_path / "o" / "tulu-3-sft-mixture.removed_ids.txt").read_text().split() == ["b"]
+
+
+def test_folder_that_is_no_dataset_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    eval_path = _jsonl(tmp_path / "eval.jsonl", [{"prompt": EVAL_QUESTION}])
+    assert main(["--train", str(tmp_path / "empty"), "--eval", eval_path, "--out", str(tmp_path / "o")]) == 2
+    assert "not a dataset folder" in capsys.readouterr().err
+
+
 def test_missing_prompt_is_an_error_naming_the_line(tmp_path, capsys):
     eval_path = _jsonl(tmp_path / "eval.jsonl", [{"prompt": EVAL_QUESTION}])
     train = _jsonl(tmp_path / "train.jsonl", [{"prompt": "ok"}, {"text": "no prompt"}])
