@@ -268,20 +268,28 @@ def resolve_impl(impl: str, device: torch.device) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _combine(stats: torch.Tensor, group: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Local per-rank stats [4, N] -> (log p(target), log Z, entropy), combined over ``group``."""
+def _combine(
+    stats: torch.Tensor, hit: torch.Tensor, group: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Local per-rank stats [4, N] -> (log p(target), log Z, entropy), combined over ``group``.
+
+    ``hit`` marks tokens whose target lies in this rank's real columns. A target no rank holds
+    (an ignore label such as -100) gets ``-log sum exp(z - max)``, exactly what the unfused
+    :func:`megatron_tulu.losses.vocab_parallel.vocab_parallel_log_probs` returns for it.
+    """
     m, s, tgt, u = stats
     big_m = m.clone()
     if group is not None:
         dist.all_reduce(big_m, op=dist.ReduceOp.MAX, group=group)
     scale = torch.exp(m - big_m)
-    sums = torch.stack([s * scale, tgt, scale * (u + (m - big_m) * s)])
+    sums = torch.stack([s * scale, tgt, scale * (u + (m - big_m) * s), hit.float()])
     if group is not None:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-    total, target, weighted = sums
+    total, target, weighted, hits = sums
     log_s = total.log()
     log_z = big_m + log_s
-    return target - log_z, log_z, log_s - weighted / total
+    logp = torch.where(hits > 0, target - log_z, -log_s)
+    return logp, log_z, log_s - weighted / total
 
 
 class _FusedLogProbs(torch.autograd.Function):
@@ -310,7 +318,8 @@ class _FusedLogProbs(torch.autograd.Function):
             z = torch.matmul(hidden[a:b], weight.t())
             stats[:, a:b] = stats_fn(z, tgt_local[a:b], n_valid, temperature, entropy)
             del z
-        logp, log_z, ent = _combine(stats, group)
+        hit = (tgt_local >= 0) & (tgt_local < n_valid)
+        logp, log_z, ent = _combine(stats, hit, group)
         ctx.save_for_backward(hidden, weight, tgt_local, log_z, ent)
         ctx.cfg = (n_valid, temperature, entropy, group, chunk, impl, reduce_hidden_grad)
         if not entropy:

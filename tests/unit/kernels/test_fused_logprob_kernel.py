@@ -167,3 +167,34 @@ def test_triton_kernels_under_interpreter():
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ignore_labels_match_the_trainers_unfused_path(impl):
+    """Targets no rank holds (-100) get the same value as losses.vocab_parallel_log_probs gives."""
+    from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
+
+    h, w, t, vocab = case(6, lead=(2, 6))
+    t = t.clone()
+    t[0, :3] = -100
+    lp = fused_vocab_parallel_log_probs(h, w, t, vocab, temperature=0.9, chunk_tokens=4, impl=impl)
+    ref = vocab_parallel_log_probs(h @ w.t(), t, vocab, temperature=0.9)
+    assert rel(lp, ref) < REL
+    for a, b in zip(grads([lp], (h, w), [torch.ones_like(lp)]), grads([ref], (h, w), [torch.ones_like(ref)])):
+        assert rel(a, b) < REL
+
+
+def test_top_level_kernels_name_stays_empty():
+    """Reached as a top-level ``kernels`` (repo root on sys.path) the directory exports nothing,
+    so transformers' probe for Hugging Face's ``kernels`` neither finds it nor imports torch code."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("kernels")
+    if spec is None or not str(spec.origin).startswith(str(REPO / "kernels")):
+        pytest.skip("a different `kernels` package is installed")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert not hasattr(mod, "fused_vocab_parallel_log_probs") and not hasattr(mod, "__version__")
+    from transformers.utils.import_utils import is_kernels_available
+
+    assert is_kernels_available() is False

@@ -1,0 +1,575 @@
+"""Every GPU measurement of the kernels issue in one process; correctness only on CPU.
+
+    python benchmarks/gpu/suite.py --out-dir benchmarks/results/gpu [--only gemm,fused,quant,mfu]
+
+(normally through ``benchmarks/gpu/run_all.sh``, which sets the paths and, on CPU, the Triton
+interpreter). Needs torch (+ Triton on GPU); no vLLM, no Transformer Engine, no network. The
+train-step MFU section also needs megatron-core (pure Python, carried next to the tree by
+``run_all.sh`` when the machine lacks it); without it that section is skipped and says so.
+
+On CUDA it writes one JSON per section to ``--out-dir``:
+
+- ``gemm.json``: bf16 vs FP8 ``scaled_mm`` (tensor-, row-, block-scaled where this torch has
+  them) on the TP-sharded GEMM shapes of Llama 3.1 8B (TP1), 70B and 405B (TP8), TFLOP/s and %
+  of the chip's dense peak, plus each FP8 variant's error against the bf16 product;
+- ``fused_logprob.json``: fused vs unfused log-prob + backward at vocab 128,256 (one TP shard at
+  TP1 and TP8), 4,096 tokens, hidden 4,096, bf16: time and peak memory, and agreement;
+- ``fp8_quant.json``: the blockwise FP8 quantize / dequantize kernels' GB/s vs the chip's memory
+  bandwidth, and byte-equality of the Triton kernel with the PyTorch reference on the GPU;
+- ``mfu.json``: the Megatron engine's train step (our build_model / optimizer / train_step, local
+  layer spec, bf16) on a Llama-3.1-8B-shaped slice (4 layers, seq 4096): tokens/s and MFU.
+
+On CPU it runs every section's correctness checks at small sizes (Triton kernels under
+TRITON_INTERPRET=1) and writes only ``cpu_correctness.json``: no speed number comes from a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Dense (no sparsity) peaks and HBM bandwidth from NVIDIA's data sheets, by device-name substring.
+CHIPS = {
+    "H200": {"bf16_tflops": 989.0, "fp8_tflops": 1979.0, "hbm_gbps": 4800.0},
+    "H100 NVL": {"bf16_tflops": 835.0, "fp8_tflops": 1671.0, "hbm_gbps": 3900.0},
+    "H100 PCIe": {"bf16_tflops": 756.0, "fp8_tflops": 1513.0, "hbm_gbps": 2000.0},
+    "H100": {"bf16_tflops": 989.0, "fp8_tflops": 1979.0, "hbm_gbps": 3350.0},
+}
+
+LLAMA = {  # hidden, ffn, heads, kv heads, head dim, vocab
+    "llama3.1_8b": (4096, 14336, 32, 8, 128, 128256),
+    "llama3.1_70b": (8192, 28672, 64, 8, 128, 128256),
+    "llama3.1_405b": (16384, 53248, 128, 8, 128, 128256),
+}
+
+
+def load_kernels() -> Any:
+    """``megatron_tulu.kernels``; from the source tree when the package is not installed."""
+    try:
+        import megatron_tulu.kernels as k
+
+        return k
+    except ImportError:
+        pass
+    sys.path.insert(0, str(REPO))
+    import megatron_tulu  # noqa: F401  (the parent package, from the tree)
+
+    spec = importlib.util.spec_from_file_location(
+        "megatron_tulu.kernels",
+        REPO / "kernels" / "__init__.py",
+        submodule_search_locations=[str(REPO / "kernels")],
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["megatron_tulu.kernels"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def chip_info() -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        return {"name": "cpu", "peaks": None}
+    name = torch.cuda.get_device_name()
+    peaks = next((v for k, v in CHIPS.items() if k in name), None)
+    return {"name": name, "capability": list(torch.cuda.get_device_capability()), "peaks": peaks}
+
+
+def timed(fn: Callable[[], Any], *, min_seconds: float = 0.2, max_iters: int = 50, warmup: int = 3) -> float:
+    """Median seconds per call (CUDA events on GPU, wall clock on CPU)."""
+    for _ in range(warmup):
+        fn()
+    cuda = torch.cuda.is_available()
+    times: list[float] = []
+    total = 0.0
+    while len(times) < max_iters and (total < min_seconds or len(times) < 3):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            dt = a.elapsed_time(b) / 1e3
+        else:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+        times.append(dt)
+        total += dt
+    times.sort()
+    return times[len(times) // 2]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30))
+
+
+class Checks:
+    """Correctness results; any failure makes the suite exit non-zero."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def check(self, name: str, ok: bool, **detail: Any) -> None:
+        self.items.append({"check": name, "ok": bool(ok), **detail})
+        print(f"  [{'ok' if ok else 'FAIL'}] {name} {detail if detail else ''}", flush=True)
+
+    @property
+    def ok(self) -> bool:
+        return all(i["ok"] for i in self.items)
+
+
+# ----------------------------------------------------------------------------------------------
+# GEMM: bf16 vs FP8 scaled_mm
+# ----------------------------------------------------------------------------------------------
+
+
+def gemm_shapes(tokens: int) -> list[dict[str, Any]]:
+    """(M, N, K) of each linear of one layer + LM head, per TP rank (column- / row-parallel)."""
+    out = []
+    for model, tp in (("llama3.1_8b", 1), ("llama3.1_70b", 8), ("llama3.1_405b", 8)):
+        h, ffn, heads, kv, hd, vocab = LLAMA[model]
+        for name, n, k in (
+            ("qkv", (heads + 2 * kv) * hd // tp, h),
+            ("proj", h, heads * hd // tp),
+            ("fc1", 2 * ffn // tp, h),
+            ("fc2", h, ffn // tp),
+            ("lm_head", -(-vocab // (128 * tp)) * 128, h),
+        ):
+            out.append({"model": model, "tp": tp, "gemm": name, "M": tokens, "N": n, "K": k})
+    return out
+
+
+def _quant_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = x.abs().amax().float().clamp(min=1e-12)
+    scale = 448.0 / amax
+    return (x.float() * scale).clamp(-448, 448).to(torch.float8_e4m3fn), scale.reciprocal()
+
+
+def _quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
+    scale = 448.0 / amax
+    return (x.float() * scale).clamp(-448, 448).to(torch.float8_e4m3fn), scale.reciprocal()
+
+
+def _quant_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    m, k = x.shape
+    g = x.float().reshape(m, k // 128, 128)
+    amax = g.abs().amax(dim=-1).clamp(min=1e-12)
+    scale = 448.0 / amax
+    q = (g * scale.unsqueeze(-1)).clamp(-448, 448).reshape(m, k).to(torch.float8_e4m3fn)
+    return q, scale.reciprocal()
+
+
+def fp8_variants(
+    kernels: Any,
+) -> dict[str, Callable[[torch.Tensor, torch.Tensor], Callable[[], torch.Tensor]]]:
+    """name -> prepare(a [M,K] bf16, w [N,K] bf16) -> a zero-arg FP8 GEMM returning [M, N] bf16."""
+    F = torch.nn.functional
+    v2 = hasattr(F, "scaled_mm") and hasattr(F, "ScalingType")
+
+    def mm(a8, b8t, sa, sb, recipe_a=None, recipe_b=None):
+        if v2 and recipe_a is not None:
+            return F.scaled_mm(a8, b8t, sa, recipe_a, sb, recipe_b, output_dtype=torch.bfloat16)
+        return torch._scaled_mm(a8, b8t, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+
+    def tensorwise(a, w):
+        (a8, sa), (w8, sw) = _quant_tensor(a), _quant_tensor(w)
+        ra = rb = F.ScalingType.TensorWise if v2 else None
+        return lambda: mm(a8, w8.t(), sa, sw, ra, rb)
+
+    def rowwise(a, w):
+        (a8, sa), (w8, sw) = _quant_rows(a), _quant_rows(w)
+        ra = rb = F.ScalingType.RowWise if v2 else None
+        return lambda: mm(a8, w8.t(), sa, sw.t(), ra, rb)
+
+    def blockwise(a, w):
+        """DeepSeek-V3 / vLLM block FP8: activations 1x128 groups, weights 128x128 blocks (ours)."""
+        if not v2:
+            raise RuntimeError("this torch has no torch.nn.functional.scaled_mm (block scaling)")
+        n, k = w.shape
+        if k % 128 or n % 128:
+            raise RuntimeError(f"block scaling needs N and K multiples of 128, got N={n} K={k}")
+        a8, sa = _quant_1x128(a)
+        w8, sw = kernels.blockwise_fp8_quantize(w)  # [N, K] fp8, scale_inv [N/128, K/128]
+        kb = k // 128
+        l4 = -(-kb // 4) * 4
+        sw_pad = torch.zeros(n // 128, l4, dtype=torch.float32, device=w.device)
+        sw_pad[:, :kb] = sw
+        sa_t = sa.t().contiguous().t()  # [M, K/128], M-major as cuBLASLt wants
+        return lambda: F.scaled_mm(
+            a8, w8.t(), sa_t, F.ScalingType.BlockWise1x128, sw_pad.t(), F.ScalingType.BlockWise128x128,
+            output_dtype=torch.bfloat16,
+        )  # fmt: skip
+
+    return {"fp8_tensorwise": tensorwise, "fp8_rowwise": rowwise, "fp8_block128": blockwise}
+
+
+def section_gemm(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
+    dev = "cuda" if measure else "cpu"
+    peaks = chip_info()["peaks"]
+    variants = fp8_variants(kernels)
+    shapes = (
+        gemm_shapes(4096)
+        if measure
+        else [{"model": "small", "tp": 1, "gemm": "x", "M": 64, "N": 256, "K": 256}]
+    )
+    rows = []
+    for s in shapes:
+        g = torch.Generator(device=dev).manual_seed(0)
+        a = torch.randn(s["M"], s["K"], device=dev, generator=g, dtype=torch.float32).to(torch.bfloat16)
+        w = (torch.randn(s["N"], s["K"], device=dev, generator=g) / math.sqrt(s["K"])).to(torch.bfloat16)
+        flop = 2 * s["M"] * s["N"] * s["K"]
+        ref = a @ w.t()
+        row = dict(s)
+        if measure:
+            t = timed(lambda a=a, w=w: a @ w.t())
+            row["bf16"] = {"ms": t * 1e3, "tflops": flop / t / 1e12}
+            if peaks:
+                row["bf16"]["pct_peak"] = 100 * flop / t / 1e12 / peaks["bf16_tflops"]
+        for name, prep in variants.items():
+            try:
+                fn = prep(a, w)
+                out = fn()
+                err = rel_err(out.float(), ref.float())
+                entry: dict[str, Any] = {"rel_err_vs_bf16": err}
+                if measure:
+                    t = timed(fn)
+                    entry.update(ms=t * 1e3, tflops=flop / t / 1e12)
+                    if peaks:
+                        entry["pct_fp8_peak"] = 100 * flop / t / 1e12 / peaks["fp8_tflops"]
+                        entry["speedup_vs_bf16"] = row["bf16"]["ms"] / entry["ms"]
+                row[name] = entry
+                if s is shapes[0]:
+                    checks.check(f"gemm {name} agrees with bf16 (rel < 0.1)", err < 0.1, rel_err=err)
+            except Exception as e:  # a variant this torch/chip lacks is recorded, not fatal
+                row[name] = {"unsupported": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        rows.append(row)
+        if measure:
+            print(f"  {s['model']:14} tp{s['tp']} {s['gemm']:8} " + " ".join(
+                f"{k}={v.get('tflops', float('nan')):.0f}" for k, v in row.items() if isinstance(v, dict)
+            ), flush=True)  # fmt: skip
+        del a, w, ref
+    return {"tokens": shapes[0]["M"], "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# fused log-prob vs unfused
+# ----------------------------------------------------------------------------------------------
+
+
+def section_fused(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
+    dev = "cuda" if measure else "cpu"
+    # correctness: Triton (GPU, or interpreter on CPU) = PyTorch reference = unfused, fp32, a
+    # padded vocab shard that is not rank 0 (vocab_start != 0), temperature != 1, entropy on
+    g = torch.Generator(device=dev).manual_seed(0)
+    n, hdim, v_local, vocab, start = 37, 64, 96, 150, 96  # the shard holds rows 96..191; 150.. are padding
+    h = torch.randn(n, hdim, device=dev, generator=g)
+    w = torch.randn(v_local, hdim, device=dev, generator=g) / 8
+    t = torch.randint(start, vocab, (n,), device=dev, generator=g)  # targets this shard holds
+    t[::5] = -100  # ignore labels (held by no rank)
+    res = {}
+    for impl in ("triton", "torch", "unfused"):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        kw = dict(temperature=0.8, with_entropy=True, tp_group=None, vocab_start=start)
+        if impl == "unfused":
+            lp, ent = kernels.unfused_vocab_parallel_log_probs(hh, ww, t, vocab, **kw)
+        else:
+            lp, ent = kernels.fused_vocab_parallel_log_probs(
+                hh, ww, t, vocab, chunk_tokens=8, impl=impl, **kw
+            )
+        # a shard alone is not a softmax: compare the local quantities and their gradients
+        (lp.sum() + (ent * 0.5).sum()).backward()
+        res[impl] = [lp.detach(), ent.detach(), hh.grad, ww.grad]
+    for impl in ("triton", "torch"):
+        err = max(rel_err(x, y) for x, y in zip(res[impl], res["unfused"]))
+        checks.check(f"fused log-prob ({impl}) = unfused, fp32 (rel < 1e-5)", err < 1e-5, rel_err=err)
+    out: dict[str, Any] = {
+        "correctness_fp32_rel_err": {
+            k: max(rel_err(x, y) for x, y in zip(v, res["unfused"])) for k, v in res.items()
+        }
+    }
+    if not measure:
+        return out
+    vocab, tokens, hidden = 128256, 4096, 4096
+    out["shape"] = {"vocab": vocab, "tokens": tokens, "hidden": hidden, "dtype": "bf16"}
+    out["note"] = "one TP rank's vocab shard on one GPU (no TP all-reduce; it moves [tokens] floats)"
+    for tp in (1, 8):
+        v_local = -(-vocab // (128 * tp)) * 128
+        entry = {}
+        results = {}
+        for impl in ("unfused", "fused"):
+            torch.cuda.empty_cache()
+            g = torch.Generator(device="cuda").manual_seed(0)
+            h = torch.randn(tokens, hidden, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+            w = (
+                (torch.randn(v_local, hidden, device="cuda", generator=g) / 64)
+                .to(torch.bfloat16)
+                .requires_grad_()
+            )
+            t = torch.randint(0, min(v_local, vocab), (tokens,), device="cuda", generator=g)
+
+            def run(impl=impl, h=h, w=w, t=t):
+                h.grad = w.grad = None
+                if impl == "fused":
+                    lp = kernels.fused_vocab_parallel_log_probs(h, w, t, vocab, tp_group=None, vocab_start=0)
+                else:
+                    lp = kernels.unfused_vocab_parallel_log_probs(
+                        h, w, t, vocab, tp_group=None, vocab_start=0
+                    )
+                lp.sum().backward()
+                return lp
+
+            run()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            h.grad = w.grad = None
+            torch.cuda.reset_peak_memory_stats()
+            lp = run()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+            wgrad = w.numel() * w.element_size()
+            secs = timed(run, min_seconds=0.5, max_iters=10, warmup=1)
+            entry[impl] = {
+                "ms": secs * 1e3,
+                "tokens_per_second": tokens / secs,
+                "peak_bytes_incl_weight_grad": peak,
+                "peak_bytes": peak - wgrad,
+                "weight_grad_bytes": wgrad,
+            }
+            results[impl] = (lp.detach().float(), h.grad.float(), w.grad.float())
+            del h, w, t, lp
+        entry["rel_err_bf16"] = {
+            k: rel_err(a, b)
+            for k, a, b in zip(("logp", "grad_h", "grad_w"), results["fused"], results["unfused"])
+        }
+        entry["peak_ratio"] = entry["fused"]["peak_bytes"] / entry["unfused"]["peak_bytes"]
+        checks.check(f"fused = unfused at TP{tp} bf16 (log-prob rel < 1e-3)", entry["rel_err_bf16"]["logp"] < 1e-3,
+                     **entry["rel_err_bf16"])  # fmt: skip
+        print(f"  TP{tp} shard {v_local}: fused {entry['fused']['ms']:.1f} ms, unfused {entry['unfused']['ms']:.1f} ms;"
+              f" peak ratio {entry['peak_ratio']:.3f}", flush=True)  # fmt: skip
+        out[f"tp{tp}"] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# blockwise FP8 quantization kernel
+# ----------------------------------------------------------------------------------------------
+
+
+def section_quant(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
+    dev = "cuda" if measure else "cpu"
+    shapes = [(14336 * 2, 4096), (13312, 16384), (16384, 6656)] if measure else [(256, 384), (200, 130)]
+    peaks = chip_info()["peaks"]
+    rows = []
+    for m, n in shapes:
+        g = torch.Generator(device=dev).manual_seed(1)
+        w = (torch.randn(m, n, device=dev, generator=g) * 0.02).to(torch.bfloat16)
+        q_t, s_t = kernels.blockwise_fp8_quantize(w, impl="triton")
+        q_r, s_r = kernels.blockwise_fp8_quantize(w, impl="torch")
+        same = torch.equal(q_t.view(torch.uint8), q_r.view(torch.uint8)) and torch.equal(s_t, s_r)
+        checks.check(f"fp8 quantize triton == torch bytes {m}x{n}", same)
+        # bf16 output on the GPU; fp32 under the interpreter, whose fp32->bf16 cast truncates
+        out_dtype = torch.bfloat16 if measure else torch.float32
+        d_t = kernels.blockwise_fp8_dequantize(q_t, s_t, out_dtype=out_dtype, impl="triton")
+        d_r = kernels.blockwise_fp8_dequantize(q_t, s_t, out_dtype=out_dtype, impl="torch")
+        checks.check(f"fp8 dequantize triton == torch {m}x{n}", torch.equal(d_t, d_r))
+        row: dict[str, Any] = {"shape": [m, n], "bytes_identical": same}
+        if measure:
+            scales = s_t.numel() * 4
+            q_bytes = m * n * 2 + m * n + scales  # read bf16, write fp8 + scales
+            d_bytes = m * n + scales + m * n * 2
+            tq = timed(lambda w=w: kernels.blockwise_fp8_quantize(w, impl="triton"))
+            td = timed(lambda q=q_t, s=s_t: kernels.blockwise_fp8_dequantize(q, s, out_dtype=torch.bfloat16))
+            row["quantize"] = {"ms": tq * 1e3, "gbps": q_bytes / tq / 1e9}
+            row["dequantize"] = {"ms": td * 1e3, "gbps": d_bytes / td / 1e9}
+            if peaks:
+                row["quantize"]["pct_hbm"] = 100 * row["quantize"]["gbps"] / peaks["hbm_gbps"]
+                row["dequantize"]["pct_hbm"] = 100 * row["dequantize"]["gbps"] / peaks["hbm_gbps"]
+            print(f"  {m}x{n}: quantize {row['quantize']['gbps']:.0f} GB/s, dequantize {row['dequantize']['gbps']:.0f} GB/s",
+                  flush=True)  # fmt: skip
+        rows.append(row)
+    return {"rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# Megatron engine train-step MFU
+# ----------------------------------------------------------------------------------------------
+
+
+def train_flops_per_token(
+    layers: int, hidden: int, ffn: int, heads: int, kv: int, hd: int, vocab: int, seq: int
+) -> float:
+    """Model FLOPs per trained token (fwd + bwd = 3x fwd), causal attention counted as half."""
+    per_layer = hidden * (heads + 2 * kv) * hd + heads * hd * hidden + 3 * hidden * ffn
+    matmul = 2 * (layers * per_layer + hidden * vocab)
+    attention = 2 * 2 * layers * seq * heads * hd / 2
+    return 3 * (matmul + attention)
+
+
+def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
+    try:
+        import megatron.core  # noqa: F401
+    except ImportError as e:
+        return {
+            "skipped": f"megatron-core not importable here ({e}); run_all.sh carries it from benchmarks/gpu/.deps"
+        }
+    sys.path.insert(0, str(REPO))
+    from megatron_tulu.config.schema import ModelConfig, OptimizerConfig, ParallelConfig, PrecisionConfig
+    from megatron_tulu.engine.model import build_model
+    from megatron_tulu.engine.optimizer import build_optimizer
+    from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+    from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
+    from megatron_tulu.losses.lm import masked_token_loss
+    from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
+
+    if measure:
+        hidden, ffn, heads, kv, hd, vocab = LLAMA["llama3.1_8b"]
+        layers, seq, steps, dtype = 4, 4096, 6, "bf16"
+    else:
+        hidden, ffn, heads, kv, hd, vocab = 256, 768, 4, 2, 64, 1000
+        layers, seq, steps, dtype = 1, 64, 2, "fp32"
+    cfg = ModelConfig(
+        name="llama3.1_8b_slice", num_layers=layers, hidden_size=hidden, ffn_hidden_size=ffn,
+        num_attention_heads=heads, num_query_groups=kv, kv_channels=hd, vocab_size=vocab,
+        max_position_embeddings=max(seq, 8192),
+    )  # fmt: skip
+    parallel, precision = ParallelConfig(), PrecisionConfig(params_dtype=dtype, transformer_impl="local")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    init_parallel(cfg, parallel, seed=1)
+    try:
+        chunks = build_model(cfg, parallel, precision)
+        optimizer = build_optimizer(chunks, OptimizerConfig(lr=1e-5, warmup_ratio=0.0), parallel, precision)
+        prepare_model_for_training(chunks, optimizer)
+        dev = "cuda" if measure else "cpu"
+        ids = torch.randint(
+            0, vocab, (1, seq + 1), device=dev, generator=torch.Generator(device=dev).manual_seed(0)
+        )
+        pos = torch.arange(seq, device=dev).unsqueeze(0)
+
+        def step(it, model):
+            x = next(it)
+            logits = model(input_ids=x[:, :-1], position_ids=pos, attention_mask=None)
+
+            def loss_func(out):
+                loss, n = masked_token_loss(
+                    -vocab_parallel_log_probs(out, x[:, 1:], vocab), torch.ones_like(x[:, 1:])
+                )
+                return loss, n, {"loss": torch.stack([loss.detach(), n.float()])}
+
+            return logits, loss_func
+
+        losses, times = [], []
+        for _ in range(steps):
+            if measure:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            res = train_step(step, iter([ids]), chunks, optimizer, None, num_microbatches=1, seq_length=seq,
+                             micro_batch_size=1)  # fmt: skip
+            if measure:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            losses.append(float(res.metrics["loss"]) if hasattr(res, "metrics") else float("nan"))
+        finite = all(math.isfinite(x) for x in losses)
+        checks.check("train step runs, loss finite", finite, losses=losses)
+        out: dict[str, Any] = {
+            "model": "llama3.1_8b shape" if measure else "tiny (CPU check)",
+            "layers": layers, "seq": seq, "micro_batch": 1, "dtype": dtype, "spec": "local (no TE)",
+            "losses": losses,
+        }  # fmt: skip
+        if measure:
+            sec = sorted(times[2:])[len(times[2:]) // 2]  # median after 2 warm-up steps
+            fpt = train_flops_per_token(layers, hidden, ffn, heads, kv, hd, vocab, seq)
+            peaks = chip_info()["peaks"]
+            out.update(
+                step_seconds=sec, tokens_per_second=seq / sec, model_tflops=fpt * seq / sec / 1e12,
+                flops_per_token=fpt, peak_memory_bytes=torch.cuda.max_memory_allocated(),
+            )  # fmt: skip
+            if peaks:
+                out["mfu_pct"] = 100 * out["model_tflops"] / peaks["bf16_tflops"]
+            print(f"  train step {sec * 1e3:.0f} ms, {out['tokens_per_second']:.0f} tokens/s, "
+                  f"MFU {out.get('mfu_pct', float('nan')):.1f}%", flush=True)  # fmt: skip
+        return out
+    finally:
+        destroy_parallel()
+
+
+SECTIONS = {"gemm": section_gemm, "fused": section_fused, "quant": section_quant, "mfu": section_mfu}
+FILES = {"gemm": "gemm.json", "fused": "fused_logprob.json", "quant": "fp8_quant.json", "mfu": "mfu.json"}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results" / "gpu"))
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    args = p.parse_args()
+    measure = torch.cuda.is_available()
+    kernels = load_kernels()
+    if not measure and os.environ.get("TRITON_INTERPRET") != "1":
+        print("error: on CPU run this through benchmarks/gpu/run_all.sh (it sets TRITON_INTERPRET=1)")
+        return 2
+    info = {
+        "chip": chip_info(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "python": platform.python_version(),
+        "mode": "measure" if measure else "cpu-correctness-only",
+    }
+    print(
+        f"GPU suite on {info['chip']['name']} ({info['mode']}); torch {info['torch']}, triton {info['triton']}"
+    )
+    if not measure:
+        print("no CUDA device: checking correctness only (small sizes, Triton interpreter); no speed numbers")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checks = Checks()
+    summary: dict[str, Any] = {"info": info, "sections": {}}
+    start = time.perf_counter()
+    for name in [s for s in args.only.split(",") if s]:
+        print(f"[{name}]", flush=True)
+        t0 = time.perf_counter()
+        try:
+            result = SECTIONS[name](kernels, checks, measure)
+        except Exception as e:
+            traceback.print_exc()
+            result = {"error": f"{type(e).__name__}: {e}"}
+            checks.check(f"section {name} completed", False, error=result["error"])
+        result["seconds"] = time.perf_counter() - t0
+        summary["sections"][name] = result
+        if measure:
+            (out_dir / FILES[name]).write_text(json.dumps({"info": info, **result}, indent=2) + "\n")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    summary["checks"] = checks.items
+    summary["all_checks_ok"] = checks.ok
+    summary["seconds"] = time.perf_counter() - start
+    name = "summary.json" if measure else "cpu_correctness.json"
+    (out_dir / name).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(
+        f"{'all checks passed' if checks.ok else 'SOME CHECKS FAILED'}; {summary['seconds']:.0f} s; wrote {out_dir / name}"
+    )
+    return 0 if checks.ok else 1
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.import_module(pkg).__version__
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
