@@ -197,10 +197,10 @@ def save_checkpoint(
             chunks, opt, sched, extra if i == 0 else None, is_loading=False, with_rng=i == 0
         )
         dist_checkpointing.save(state, str(_part_dir(partial, name)))
-        crash_point("crash_between_parts" if i + 1 < len(all_parts) else "crash_after_parts")
+        crash_point("crash_between_parts" if i + 1 < len(all_parts) else "crash_after_parts", step)
     _barrier()
     sums = _checksum_files(partial, sorted(_files_of(partial)))
-    crash_point("crash_before_commit")
+    crash_point("crash_before_commit", step)
     if _rank() == 0:
         (partial / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
         meta = {
@@ -235,7 +235,7 @@ def _commit(root: Path, partial: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(replaced, ignore_errors=True)
         final.rename(replaced)
-    crash_point("crash_mid_commit")
+    crash_point("crash_mid_commit", int(final.name.split("_")[1]))
     partial.rename(final)
     _write_latest(root, final.name)
     shutil.rmtree(replaced, ignore_errors=True)
