@@ -51,6 +51,8 @@ class Kind:
     needs_model: bool = False  # model.hf_path=<a tiny HF model built once per session>
     weights: str = "hf/model.safetensors"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # (shipped data file, rows): train on the first rows only, so a trial costs seconds, not minutes
+    data_subset: tuple[str, int] | None = None
 
 
 COMMON = [
@@ -70,6 +72,7 @@ KINDS: dict[str, Kind] = {
         "dpo",
         [*(a for a in COMMON if "train_iters" not in a), "train.train_iters=4", "data.max_seq_len=128"],
         needs_model=True,
+        data_subset=("dpo.jsonl", 64),  # the reference log-probs of all 1,000 pairs took 30 s a run
     ),
     "rlvr": Kind(
         "rlvr",
@@ -99,6 +102,14 @@ def command(kind: Kind, out: Path, cache: Path, model: Path | None, resume: str)
         cmd.append(f"data.cache_dir={cache}")
     if kind.needs_model and model is not None:
         cmd.append(f"model.hf_path={model}")
+    if kind.data_subset is not None:
+        name, rows = kind.data_subset
+        subset = cache.parent / f"subset_{rows}_{name}"
+        if not subset.is_file():
+            subset.parent.mkdir(parents=True, exist_ok=True)
+            lines = (REPO / "megatron_tulu" / "assets" / "data" / name).read_text().splitlines(keepends=True)
+            subset.write_text("".join(lines[:rows]))
+        cmd.append(f"data.train_files=[{subset}]")
     return cmd
 
 
