@@ -51,8 +51,8 @@ class Kind:
     needs_model: bool = False  # model.hf_path=<a tiny HF model built once per session>
     weights: str = "hf/model.safetensors"
     extra_env: dict[str, str] = field(default_factory=dict)
-    # (shipped data file, rows): train on the first rows only, so a trial costs seconds, not minutes
-    data_subset: tuple[str, int] | None = None
+    # (shipped data file, rows, config key): the first rows only, so a trial costs seconds, not minutes
+    data_subset: tuple[str, int, str] | None = None
 
 
 COMMON = [
@@ -72,19 +72,30 @@ KINDS: dict[str, Kind] = {
         "dpo",
         [*(a for a in COMMON if "train_iters" not in a), "train.train_iters=4", "data.max_seq_len=128"],
         needs_model=True,
-        data_subset=("dpo.jsonl", 64),  # the reference log-probs of all 1,000 pairs took 30 s a run
+        data_subset=(
+            "dpo.jsonl",
+            64,
+            "data.train_files",
+        ),  # the reference log-probs of all 1,000 pairs took 30 s a run
     ),
     "rlvr": Kind(
         "rlvr",
         [
-            "train.train_iters=4",
+            "rlvr.prompts_per_step=8",
+            "train.micro_batch_size=4",
+            "rollout.max_new_tokens=16",
+            "rlvr.ppo_epochs=1",
+            "rlvr.total_episodes=32",
+            "rlvr.eval_every=0",
+            "optimizer.lr=1e-4",
             "checkpoint.save_interval=1",
             "checkpoint.keep_last=2",
             "logging.progress_bar=false",
             "logging.tensorboard=false",
         ],
         needs_model=True,
-        extra_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        extra_env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"},
+        data_subset=("rlvr_heldout.jsonl", 8, "rlvr.heldout_files"),
     ),
 }
 
@@ -103,13 +114,13 @@ def command(kind: Kind, out: Path, cache: Path, model: Path | None, resume: str)
     if kind.needs_model and model is not None:
         cmd.append(f"model.hf_path={model}")
     if kind.data_subset is not None:
-        name, rows = kind.data_subset
+        name, rows, key = kind.data_subset
         subset = cache.parent / f"subset_{rows}_{name}"
         if not subset.is_file():
             subset.parent.mkdir(parents=True, exist_ok=True)
             lines = (REPO / "megatron_tulu" / "assets" / "data" / name).read_text().splitlines(keepends=True)
             subset.write_text("".join(lines[:rows]))
-        cmd.append(f"data.train_files=[{subset}]")
+        cmd.append(f"{key}=[{subset}]")
     return cmd
 
 

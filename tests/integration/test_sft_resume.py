@@ -58,6 +58,7 @@ def test_kill9_then_resume_is_exact(tmp_path):
     assert [s for s, *_ in _losses(crashed)] == [1, 2, 3]
     resumed = _sft(crashed, cache, "checkpoint.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[resume] resuming from" in resumed.stdout and "step_0000002" in resumed.stdout
 
     assert _losses(crashed) == _losses(straight)  # step 3 re-run from the step-2 checkpoint, same numbers
     a, b = (
