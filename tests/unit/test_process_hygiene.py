@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port
 
 FORK_CHILD = """
 import multiprocessing as mp, os, sys, time
@@ -81,6 +81,14 @@ def _session(sid: int) -> list[int]:
     return left
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _kill_parent_and_list_survivors(script: str, wait: float = 10) -> tuple[list[int], list[int]]:
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -125,3 +133,50 @@ def test_dist_checkpointing_manager_and_resource_tracker_die_with_the_parent():
 def test_busy_sandbox_worker_dies_with_the_parent():
     _, left = _kill_parent_and_list_survivors(SANDBOX)
     assert left == []
+
+
+TORCHRUN_RANK = """
+import os, time
+from megatron_tulu.cli import _setup_process
+_setup_process()
+print("ready", os.getpid(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_torchrun_ranks_die_with_a_killed_launcher(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(TORCHRUN_RANK)
+    # SIGKILL torchrun itself, the rank's parent: the rank must not live on with ppid 1.
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=1",
+            f"--master_port={free_port()}",
+            str(script),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"),
+    )
+    try:
+        line = proc.stdout.readline().split()
+        assert line and line[0] == "ready", line
+        rank = int(line[1])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # torchrun starts each rank in a session of its own: follow the rank's pid, not our session.
+        deadline = time.monotonic() + 10
+        while _alive(rank) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survived = _alive(rank)
+        if survived:
+            os.kill(rank, signal.SIGKILL)
+        assert not survived
+    finally:
+        for pid in _session(proc.pid):
+            os.kill(pid, signal.SIGKILL)
