@@ -279,8 +279,12 @@ def find_latest(root: str | os.PathLike) -> Path | None:
     root = Path(root)
     pointer = root / LATEST
     if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if candidate.name and (candidate / META).is_file():
+        try:
+            name = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""  # a damaged pointer: fall back to the newest complete directory
+        candidate = root / name
+        if name and "/" not in name and (candidate / META).is_file():
             return candidate
     complete = _complete_dirs(root)
     return complete[0] if complete else None
