@@ -431,7 +431,7 @@ def resolve_resume(checkpoint_cfg: Any, root: str | os.PathLike, *, log=print) -
             return None
         if pointer.exists():
             raise CheckpointError(
-                f"checkpoint.resume={mode}: {pointer} names {pointer.read_text().strip()!r}, but no complete "
+                f"checkpoint.resume={mode}: {pointer} names {pointer.read_text(errors='replace').strip()!r}, but no complete "
                 f"checkpoint is left in {where}; restore it or start fresh with checkpoint.resume=false"
             )
         raise CheckpointError(
