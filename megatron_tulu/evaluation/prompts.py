@@ -155,8 +155,12 @@ def render(messages: Sequence[dict[str, str]], chat_template: str, tokenizer: An
         return render_tulu(messages, add_generation_prompt=True)
     if chat_template == "none":
         parts = []
-        for m in messages:
-            parts.append(m["content"] if m["role"] != "assistant" else " " + m["content"] + "\n\n")
+        for k, m in enumerate(messages):
+            if m["role"] == "assistant":
+                parts.append(" " + m["content"] + "\n\n")
+            else:  # a system turn before the user's: a blank line between them
+                following = messages[k + 1]["role"] if k + 1 < len(messages) else "assistant"
+                parts.append(m["content"] + ("\n\n" if following != "assistant" else ""))
         return "".join(parts)
     if chat_template == "model":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):

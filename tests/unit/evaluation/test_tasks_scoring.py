@@ -103,7 +103,7 @@ def test_rlvr_rows_get_exactly_the_trainers_prompt_ids(tmp_path):
         text = render_tulu(row["messages"], add_generation_prompt=True)
         assert got == tok(text, add_special_tokens=False)["input_ids"][-8:]
     plain = encode_items(items, tok, chat_template="none")
-    assert tok.decode(plain[1]) == "Be brief.Say hi."
+    assert tok.decode(plain[1]) == "Be brief.\n\nSay hi."
 
 
 def test_scores_equal_megatron_tulu_verify_on_the_same_generations(tasks, tmp_path, capsys):
