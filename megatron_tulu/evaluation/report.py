@@ -30,7 +30,7 @@ def _keys(task: dict[str, Any]) -> list[str]:
     keys = [k for k in TABLE_KEYS if k in task]
     extra = sorted(
         (k for k in task if k.startswith(("pass@", "maj@"))),
-        key=lambda k: (k.split("@")[0], int(k.split("@")[1])),
+        key=lambda k: (k.startswith("maj@"), int(k.split("@")[1])),
     )
     return keys[:2] + extra + keys[2:]
 
