@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import signal
+import sys
 
 import pytest
 
@@ -20,6 +21,7 @@ pytestmark = [pytest.mark.slow]
 
 _spec = importlib.util.spec_from_file_location("fault_trials", REPO / "scripts" / "fault_trials.py")
 trials = importlib.util.module_from_spec(_spec)
+sys.modules["fault_trials"] = trials  # dataclasses look their module up while the class is built
 _spec.loader.exec_module(trials)
 
 
