@@ -18,7 +18,7 @@ if [ -z "$PY" ]; then
 fi
 
 if [ "${1:-}" = "--pack-deps" ]; then
-  src=$("$PY" -c "import megatron, os; print(os.path.dirname(megatron.__file__))")
+  src=$("$PY" -c "import megatron.core as c, os; print(os.path.dirname(os.path.dirname(c.__file__)))")
   rm -rf benchmarks/gpu/.deps && mkdir -p benchmarks/gpu/.deps
   # the compiled dataset helper is for one Python version and not needed here
   (cd "$(dirname "$src")" && tar --exclude='__pycache__' --exclude='*.so' -cf - megatron) | tar -xf - -C benchmarks/gpu/.deps
