@@ -397,6 +397,12 @@ def fused_vocab_parallel_log_probs(
 
     Returns:
         fp32 log-probs of shape ``targets.shape`` (and fp32 entropy of the same shape).
+
+    Precision: in fp32 values and gradients equal the unfused path (rel ~1e-6, tested). With
+    bf16 weights the weight gradient is accumulated over chunks in bf16 (one rounding per
+    chunk): measured on CPU at 16 chunks its max error against an fp32 reference was 0.94% of
+    the largest entry, against 0.32% for the unfused bf16 path (values and the hidden-state
+    gradient are unaffected). Accumulating into Megatron's fp32 ``main_grad`` would remove that.
     """
     if hidden.shape[:-1] != targets.shape:
         raise ValueError(
