@@ -129,6 +129,13 @@ def task_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     samples = min(len(s) for s in items)
     out: dict[str, Any] = {"n": len(items), "samples_per_item": samples}
     out["accuracy"] = sum(sum(r["correct"] for r in s) / len(s) for s in items) / len(items)
+    subjects: dict[str, list[float]] = defaultdict(list)
+    for s in items:
+        if s[0].get("subject"):
+            subjects[s[0]["subject"]].append(sum(r["correct"] for r in s) / len(s))
+    if subjects:  # MATH's headline in Tülu 3: the mean of the per-subject accuracies
+        out["by_subject"] = {name: sum(v) / len(v) for name, v in sorted(subjects.items())}
+        out["macro_accuracy"] = sum(out["by_subject"].values()) / len(subjects)
     if samples > 1:
         for k in ks_for(samples):
             out[f"pass@{k}"] = sum(

@@ -12,6 +12,7 @@ from typing import Any
 TABLE_KEYS = (
     "n",
     "accuracy",
+    "macro_accuracy",
     "contaminated",
     "clean_n",
     "clean_accuracy",
@@ -32,7 +33,8 @@ def _keys(task: dict[str, Any]) -> list[str]:
         (k for k in task if k.startswith(("pass@", "maj@"))),
         key=lambda k: (k.startswith("maj@"), int(k.split("@")[1])),
     )
-    return keys[:2] + extra + keys[2:]
+    head = [k for k in keys if k in ("n", "accuracy", "macro_accuracy")]
+    return head + extra + [k for k in keys if k not in head]
 
 
 def _fmt(value: Any) -> str:

@@ -206,6 +206,9 @@ def score_texts(
             "answer": canonical_answer(res.dataset, res.details),
             "verification": res.details,
         }
+        subject = item.meta.get("subject") or item.meta.get("type")
+        if subject:  # MATH: Tülu reports the macro average over subjects
+            rec["subject"] = subject
         correct = res.score >= 1.0
         if flag:
             loose = next(loose_iter)

@@ -114,3 +114,13 @@ def test_rlvr_metric_names_and_values():
         "eval/response_length": pytest.approx(3.0),
         "eval/no_eos_share": pytest.approx(1 / 3),
     }
+
+
+def test_math_macro_accuracy_is_the_mean_over_subjects():
+    records = [_rec(i, 0, ok) for i, ok in enumerate([True, False, True, True, False])]
+    for r, subject in zip(records, ["Algebra", "Algebra", "Geometry", "Algebra", "Number Theory"]):
+        r["subject"] = subject
+    m = task_metrics(records)
+    assert m["by_subject"] == {"Algebra": pytest.approx(2 / 3), "Geometry": 1.0, "Number Theory": 0.0}
+    assert m["macro_accuracy"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
+    assert m["accuracy"] == pytest.approx(3 / 5)

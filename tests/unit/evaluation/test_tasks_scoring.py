@@ -67,6 +67,17 @@ def test_fixture_answers_verify_as_correct_and_wrong_ones_do_not(tasks):
     records = score_texts(items, good + bad, workers=2)
     assert [r["location"] for r in records if r["sample"] == 0 and not r["correct"]] == []
     assert [r["location"] for r in records if r["sample"] == 1 and r["correct"]] == []
+    math = [r for r in records if r["dataset"] == "math"]
+    assert {r["subject"] for r in math} == {
+        "Prealgebra",
+        "Algebra",
+        "Number Theory",
+        "Counting & Probability",
+        "Geometry",
+    }
+    assert task_metrics(math)["macro_accuracy"] == pytest.approx(
+        0.5
+    )  # every subject: 1 right, 1 wrong sample
 
 
 def test_prompt_templates_follow_tulu3_settings(tasks):
