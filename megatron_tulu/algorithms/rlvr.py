@@ -49,11 +49,10 @@ from megatron_tulu.algorithms.rollout_batch import RolloutSample, build_rollout_
 from megatron_tulu.algorithms.value_model import build_value_model
 from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import RLVRRunConfig
-from megatron_tulu.data.chat_template import render_tulu
-from megatron_tulu.data.io import read_rows
 from megatron_tulu.data.mixing import apply_dataset_weights
+from megatron_tulu.data.rlvr_prompts import load_rlvr_prompts
 from megatron_tulu.data.tokenizer import load_tokenizer
-from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, resolve_resume, save_checkpoint
 from megatron_tulu.engine.faults import crash_point
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
@@ -83,26 +82,24 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets" / "data"
 
 
 # ----------------------------------------------------------------------------------------- data
-def load_prompts(files: Sequence[str], tokenizer, max_prompt_len: int) -> list[dict[str, Any]]:
-    """RLVR rows {messages (user turn[s]), ground_truth, dataset} -> prompt ids (left-truncated)."""
-    prompts = []
-    for path in files:
-        for location, row in read_rows(path):
-            for key in ("messages", "ground_truth", "dataset"):
-                if key not in row:
-                    raise ValueError(f"{location}: RLVR row has no {key!r} field")
-            text = render_tulu(row["messages"], add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_len:]
-            user = next((m["content"] for m in reversed(row["messages"]) if m["role"] == "user"), "")
-            prompts.append(
-                {"ids": ids, "ground_truth": row["ground_truth"], "dataset": row["dataset"], "prompt": user}
-            )
-    return prompts
+def load_prompts(
+    files: Sequence[str], tokenizer, max_prompt_len: int, skip_bad: bool = False
+) -> list[dict[str, Any]]:
+    """RLVR rows (Tülu 3's released format) -> prompt dicts (see :func:`load_rlvr_prompts`)."""
+    return load_rlvr_prompts(files, tokenizer, max_prompt_len, skip_bad=skip_bad)
 
 
 # ----------------------------------------------------------------------------- rollouts, scoring
 def score_outputs(
-    outs, prompts, tokenizer, alpha: float, no_eos_penalty: float, workers: int = 2
+    outs,
+    prompts,
+    tokenizer,
+    alpha: float,
+    no_eos_penalty: float,
+    workers: int = 2,
+    *,
+    strip_thinking: bool = False,
+    gsm8k_rule: str = "numeric",
 ) -> list[RolloutSample]:
     """Decode engine outputs and score them with the verifier registry (alpha, no-EOS penalty)."""
     texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
@@ -120,6 +117,8 @@ def score_outputs(
         alpha=alpha,
         no_eos_penalty=no_eos_penalty,
         workers=workers,
+        strip_thinking=strip_thinking,
+        verifier_options={"gsm8k": {"rule": gsm8k_rule}},
     )
     return [
         RolloutSample(
@@ -393,6 +392,17 @@ def _train(step, micro, chunks, optimizer, scheduler, seq: int, prefix: str, cfg
     return {**res.metrics, f"{prefix}/grad_norm": res.grad_norm or 0.0}
 
 
+def scoring_options(rl) -> dict[str, Any]:
+    """The reward settings of ``rlvr.*`` as :func:`score_outputs` keywords."""
+    return dict(
+        alpha=rl.alpha,
+        no_eos_penalty=rl.no_eos_penalty,
+        workers=rl.reward_workers,
+        strip_thinking=rl.strip_thinking,
+        gsm8k_rule=rl.gsm8k_rule,
+    )
+
+
 def kl_kind_of(rl) -> str:
     """``rlvr.kl_kind``, or by estimator when unset: k1 in PPO's reward penalty (Tülu 3), k3 in
     GRPO's KL loss (DeepSeekMath)."""
@@ -422,9 +432,7 @@ def evaluate(
     outs = fleet.generate(
         [p["ids"] for p in heldout], sampling(cfg, tokenizer.eos_token_id, cfg.train.seed, True)
     )
-    samples = score_outputs(
-        outs, heldout, tokenizer, cfg.rlvr.alpha, cfg.rlvr.no_eos_penalty, cfg.rlvr.reward_workers
-    )
+    samples = score_outputs(outs, heldout, tokenizer, **scoring_options(cfg.rlvr))
     return rollout_metrics(samples, prefix="eval/")
 
 
@@ -544,6 +552,10 @@ def check_rl_config(cfg: RLVRRunConfig) -> None:
             )
     if rl.reward_workers < 1:
         raise ValueError(f"rlvr.reward_workers must be >= 1, got {rl.reward_workers}")
+    from megatron_tulu.rewards.gsm8k import RULES
+
+    if rl.gsm8k_rule not in RULES:
+        raise ValueError(f"rlvr.gsm8k_rule must be one of {list(RULES)}, got {rl.gsm8k_rule!r}")
     if rl.kl_kind is not None and rl.kl_kind not in ("k1", "k2", "k3"):
         raise ValueError(f"rlvr.kl_kind must be k1, k2, k3 or null, got {rl.kl_kind!r}")
 
@@ -562,7 +574,10 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
         else:
             summary = RLTrainer(cfg, job, hf_source, options).run()
     except BaseException as exc:
-        job.fail(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, SystemExit) and exc.code == 128 + 15:
+            job.fail("stopped by SIGTERM (a launcher stops its node's ranks when one of them dies)")
+        else:
+            job.fail(f"{type(exc).__name__}: {exc}")
         raise
     job.finish()
     return summary
@@ -586,7 +601,9 @@ class RLTrainer:
         self.tokenizer = load_tokenizer(cfg.data.tokenizer or self.hf_source)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        prompts = load_prompts(cfg.data.train_files or [str(ASSETS / "rlvr.jsonl")], tok, ro.max_prompt_len)
+        prompts = load_prompts(
+            cfg.data.train_files or [str(ASSETS / "rlvr.jsonl")], tok, ro.max_prompt_len, cfg.data.skip_bad
+        )
         self.prompts, mix = apply_dataset_weights(prompts, rl.dataset_weights)
         if is_rank0():
             print(
@@ -647,15 +664,22 @@ class RLTrainer:
 
     # ------------------------------------------------------------------------------ resume
     def resume(self) -> tuple[int, dict | None]:
-        """(first step, the async batch pending at the checkpoint) from the latest checkpoint."""
-        if not self.cfg.checkpoint.resume or (latest := find_latest(self.ckpt_root)) is None:
+        """(first step, the async batch pending at the checkpoint) from the checkpoint
+        ``checkpoint.resume`` selects (false | true | auto; see ``resolve_resume``)."""
+        chosen = resolve_resume(self.cfg.checkpoint, self.ckpt_root)
+        if chosen is None:
             return 0, None
-        extra = load_checkpoint(latest, self.actor.chunks, self.actor.optimizer, self.actor.scheduler)
-        if self.critic is not None:
-            load_checkpoint(
-                latest / "value", self.critic.chunks, self.critic.optimizer, self.critic.scheduler
-            )
+        extra = load_checkpoint(chosen, parts=self.parts(), verify=False)  # verified when chosen
         return int(extra["step"]), extra.get("pending_rollouts")
+
+    def parts(self) -> dict[str, tuple]:
+        """The models of one RL checkpoint, saved and committed together."""
+        a = self.actor
+        parts = {"policy": (a.chunks, a.optimizer, a.scheduler)}
+        if self.critic is not None:
+            c = self.critic
+            parts["value"] = (c.chunks, c.optimizer, c.scheduler)
+        return parts
 
     # ------------------------------------------------------------------------------- batches
     def start_batch(self, step: int, version: int) -> None:
@@ -672,7 +696,7 @@ class RLTrainer:
             return None
         rl = self.cfg.rlvr
         rows = [self.prompts[i] for i in self.order.rows(step)]
-        return score_outputs(rollouts, rows, self.tokenizer, rl.alpha, rl.no_eos_penalty, rl.reward_workers)
+        return score_outputs(rollouts, rows, self.tokenizer, **scoring_options(rl))
 
     # ----------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -768,34 +792,25 @@ class RLTrainer:
 
     # ---------------------------------------------------------------------------- checkpoint
     def save(self, step: int, pending: tuple[list[Rollout], int] | None) -> None:
-        """Policy (+ optimizer, scheduler, data position, RNG, the pending async batch), then the
-        value model."""
+        """One atomic checkpoint: policy and value models with their optimizers and schedulers,
+        the data position, RNG and the pending async batch, committed together (``latest`` moves
+        only once all of it is written)."""
         pending = share_from_driver(pending)
         cfg = self.cfg
-        meta = {"model": dataclasses.asdict(cfg.model), "algorithm": "rlvr"}
         extra: dict[str, Any] = {"pending_rollouts": None}
         if pending is not None:  # generated before this checkpoint's update: keep it for an exact resume
             extra["pending_rollouts"] = {
                 "rollouts": [dataclasses.asdict(r) for r in pending[0]],
                 "version": pending[1],
             }
-        a = self.actor
-        path = save_checkpoint(
+        save_checkpoint(
             self.ckpt_root,
             step,
-            a.chunks,
-            a.optimizer,
-            a.scheduler,
+            parts=self.parts(),
             extra=extra,
             keep_last=cfg.checkpoint.keep_last,
-            meta=meta,
+            meta={"model": dataclasses.asdict(cfg.model), "algorithm": "rlvr"},
         )
-        if self.critic is not None:
-            c = self.critic
-            save_checkpoint(path, 0, c.chunks, c.optimizer, c.scheduler, meta=meta)
-            if is_rank0():
-                (path / "step_0000000").rename(path / "value")
-            barrier()
 
     # ---------------------------------------------------------------------------------- close
     def close(self) -> None:

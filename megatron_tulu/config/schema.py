@@ -222,6 +222,8 @@ class RLVROptions:
     value_lr: float | None = None  # default: optimizer.lr
     eval_every: int = 10
     reward_workers: int = 2  # verifier worker processes (each scores with a hard time limit)
+    strip_thinking: bool = False  # score only what follows <think>...</think> (or inside <answer>)
+    gsm8k_rule: str = "numeric"  # numeric | open-instruct | tulu3 (string rules of the reference code)
     heldout_files: list[str] | None = None
     # per-dataset share of the training prompts, e.g. {gsm8k: 0.25}: 1 keeps all, 2 repeats, 0 drops;
     # null (or a dataset left out): keep every row

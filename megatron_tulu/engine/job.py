@@ -232,25 +232,25 @@ class Watchdog:
 
     def _run(self) -> None:
         seen: dict[int, tuple[bytes | None, float]] = {p: (None, time.monotonic()) for p in self.peers}
+        first_failure: float | None = None
         while not self._stop.wait(self.interval_s):
             try:
                 self._beat()
                 now, silent, failed = time.monotonic(), [], []
+                # once a peer reported a failure, a few missed beats are enough to call a peer dead
+                limit = self.timeout_s if first_failure is None else 3 * self.interval_s
                 for peer in self.peers:
                     if self.store.check([f"done/{peer}"]):
                         continue
                     if self.store.check([f"failed/{peer}"]):
                         failed.append((peer, self.store.get(f"failed/{peer}").decode(errors="replace")))
                         continue
-                    value = (
-                        self.store.get(f"heartbeat/{peer}")
-                        if self.store.check([f"heartbeat/{peer}"])
-                        else None
-                    )
+                    key = f"heartbeat/{peer}"
+                    value = self.store.get(key) if self.store.check([key]) else None
                     last, since = seen[peer]
                     if value != last:
                         seen[peer] = (value, now)
-                    elif now - since > self.timeout_s:
+                    elif now - since > limit:
                         silent.append((peer, now - since))
             except Exception as exc:  # the store itself is gone: node 0's launcher exited
                 if self._stop.is_set():
@@ -259,11 +259,16 @@ class Watchdog:
                     f"the job store stopped answering ({type(exc).__name__}: {exc}); node 0's launcher is gone"
                 )
                 return
-            if failed or silent:
-                parts = [f"rank {p} ({self.describe(p)}) failed: {why}" for p, why in failed]
-                parts += [
+            if failed and first_failure is None:
+                # A rank reporting a failure is often only the messenger (its launcher stopped it
+                # because another rank of its node died): look a few beats longer for a silent one.
+                first_failure = now
+                continue
+            if silent or (failed and now - first_failure > 5 * self.interval_s):
+                parts = [
                     f"rank {p} ({self.describe(p)}) silent for {s:.0f} s (killed or hung)" for p, s in silent
                 ]
+                parts += [f"rank {p} ({self.describe(p)}) failed: {why}" for p, why in failed]
                 self.on_failure("; ".join(parts))
                 return
 

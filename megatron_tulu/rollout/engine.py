@@ -138,6 +138,10 @@ def vllm_engine_kwargs(
         # one engine over several nodes: vLLM's multiprocessing executor (no Ray); the leader
         # node runs the engine core, the others run headless workers (run_headless_workers)
         kwargs["distributed_executor_backend"] = "mp"
+        # Its workers rendezvous over TCP at master_addr:master_port, the first worker hosting the
+        # store; torchrun's TORCHELASTIC_USE_AGENT_STORE (inherited by the spawned workers) would
+        # make every worker a client of a store nobody hosts, and the engine would hang at start.
+        os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
     kwargs.update(llm_kwargs)
     return kwargs
 
@@ -156,7 +160,9 @@ def run_headless_workers(model: str | os.PathLike, **engine_kwargs):
     kwargs = vllm_engine_kwargs(model, **engine_kwargs)
     if kwargs.get("nnodes", 1) < 2 or kwargs.get("node_rank", 0) < 1:
         raise ValueError("run_headless_workers is for the non-leader nodes of a multi-node engine")
-    config = EngineArgs(**kwargs).create_engine_config(UsageContext.ENGINE_CONTEXT, headless=True)
+    # LLM_CLASS: the leader is a `vllm.LLM`, and some defaults (max_num_seqs...) depend on the usage
+    # context; workers sized differently from the leader's scheduler fail on its first big batch
+    config = EngineArgs(**kwargs).create_engine_config(UsageContext.LLM_CLASS, headless=True)
     executor = MultiprocExecutor(config, monitor_workers=False)
     return executor
 

@@ -93,8 +93,15 @@ def test_sync_and_async_staleness(setup, tmp_path):
         "policy/clip_fraction",
         "no_eos_share",
         "response_length",
-        "seconds/refit",
-        "seconds/train",
+        "refit_bytes_over_shard_max",
+        # the step's named, timed phases
+        "time/generate",
+        "time/score",
+        "time/log_probs",
+        "time/advantages",
+        "time/update",
+        "time/generate_wait",
+        "time/refit",
     ):
         assert key in first, key
 

@@ -1,0 +1,163 @@
+"""Simulated nodes on one machine: one ``torchrun --nnodes N --node_rank R`` launch per node.
+
+Every process a launch starts (torchrun agents, ranks, vLLM engine cores and workers) inherits a
+marker in its environment, so what a trial left behind is found by scanning ``/proc`` whatever
+session or process group it moved to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.helpers import REPO, free_port
+
+MARKER = "MEGATRON_TULU_TRIAL"
+
+
+@dataclass
+class Launch:
+    """N node launches of one job (Popen per node) and where their logs go."""
+
+    out: Path
+    procs: list[subprocess.Popen]
+    logs: list[Path]
+    marker: str
+    started: float = field(default_factory=time.monotonic)
+
+    def wait(self, timeout: float) -> list[int | None]:
+        """Return codes (None for a launch still running at the deadline, which is then killed)."""
+        deadline = self.started + timeout
+        codes: list[int | None] = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+        if any(c is None for c in codes):
+            self.kill()
+        return codes
+
+    def kill(self) -> None:
+        for pid in trial_processes(self.marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log_text(self) -> str:
+        return "\n".join(f"===== {p.name}\n{p.read_text(errors='replace')}" for p in self.logs if p.exists())
+
+    def rank_pid(self, rank: int, entry: str = "rlvr_405b.py") -> int | None:
+        """PID of global ``rank``'s training process (not its agent, not vLLM's children, which
+        inherit RANK but run other command lines)."""
+        for pid in trial_processes(self.marker):
+            cmd = _cmdline(pid)
+            if _environ(pid).get("RANK") == str(rank) and entry in cmd and "torch.distributed.run" not in cmd:
+                return pid
+        return None
+
+
+def launch_nodes(
+    out: Path,
+    nnodes: int,
+    nproc: int,
+    overrides: list[str],
+    entry: str = "examples/rlvr_405b.py",
+    env: dict[str, str] | None = None,
+) -> Launch:
+    """Start ``nnodes`` torchrun agents (node ranks 0..N-1) on this machine for one job."""
+    port = free_port()
+    marker = uuid.uuid4().hex
+    base = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+        HF_HUB_OFFLINE="1",
+        VLLM_LOGGING_LEVEL="WARNING",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        **{MARKER: marker},
+        **(env or {}),
+    )
+    procs, logs = [], []
+    for node in range(nnodes):
+        log = out.parent / f"{out.name}.node{node}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={nnodes}",
+            f"--node_rank={node}",
+            f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            entry,
+            f"train.output_dir={out}",
+            *overrides,
+        ]
+        with open(log, "w") as f:  # a file, not a pipe: a lingering child must not block the test
+            procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=base))
+        logs.append(log)
+    return Launch(out, procs, logs, marker)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def trial_processes(marker: str) -> list[int]:
+    """Live processes (not zombies) carrying ``marker`` in their environment."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and _environ(pid).get(MARKER) == marker:
+            found.append(pid)
+    return found
+
+
+def metrics(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Metrics rows without wall-clock fields."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def role_table(text: str) -> str:
+    """The ``roles:`` block a dry run or a real run prints (headline and rank rows)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "roles:")
+    block = [lines[start + 1]]
+    for line in lines[start + 2 :]:
+        if not line.startswith("  ranks "):
+            break
+        block.append(line)
+    return "\n".join(block)
