@@ -2,7 +2,8 @@
 
 Each layout runs the same weights and batch twice through Megatron's schedule (unfused: full
 vocab-parallel logits; fused: hidden states + output weight into the kernel) and compares the
-log-probs, entropies and every parameter gradient on every rank (fp32, rel 1e-5), and the
+log-probs, entropies and every parameter gradient on every rank (fp32, rel 1e-5; also with tied
+input/output embeddings at TP2, where the head reads the embedding weight), and the
 log-probs across layouts against TP1. The TP2 run also exercises the kernel's all-reduces with a
 differentiable entropy term against the unfused reference on the real TP group.
 """
@@ -14,19 +15,26 @@ from tests.helpers import WORKERS, rel_diff, run_torchrun
 
 pytestmark = pytest.mark.distributed
 REL = 1e-5
-LAYOUTS = {"tp1": (1, 1, 1), "tp2": (2, 2, 1), "pp2": (2, 1, 2)}
+# name -> (processes, TP, PP, tied embeddings); the tied model has other weights (no TP1 twin)
+LAYOUTS = {
+    "tp1": (1, 1, 1, False),
+    "tp2": (2, 2, 1, False),
+    "pp2": (2, 1, 2, False),
+    "tp2_tied": (2, 2, 1, True),
+}
 
 
 @pytest.fixture(scope="module")
-def runs(hf_llama, tmp_path_factory):
+def runs(hf_llama, hf_llama_tied, tmp_path_factory):
     out = tmp_path_factory.mktemp("fused")
     res = {}
-    for name, (nproc, tp, pp) in LAYOUTS.items():
+    for name, (nproc, tp, pp, tied) in LAYOUTS.items():
         path = out / name
+        hf = hf_llama_tied if tied else hf_llama
         run_torchrun(
             WORKERS / "fused_logprob_worker.py",
             nproc,
-            ["--hf", str(hf_llama), "--tp", str(tp), "--pp", str(pp), "--out", str(path)],
+            ["--hf", str(hf), "--tp", str(tp), "--pp", str(pp), "--out", str(path)],
         )
         res[name] = [torch.load(f"{path}.rank{r}") for r in range(nproc)]
     return res

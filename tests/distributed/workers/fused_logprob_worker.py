@@ -17,7 +17,12 @@ from megatron_tulu.config.schema import ParallelConfig, PrecisionConfig
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
 from megatron_tulu.engine.train_step import forward_backward
-from megatron_tulu.losses.vocab_parallel import TokenLogProbs, forward_token_log_probs, gpt_hidden_states
+from megatron_tulu.losses.vocab_parallel import (
+    TokenLogProbs,
+    forward_token_log_probs,
+    gpt_hidden_states,
+    output_weight,
+)
 from megatron_tulu.models.hf_io import load_hf_weights, model_config_from_hf
 
 TEMP = 0.7
@@ -74,7 +79,7 @@ def kernel_on_tp_group(chunks, vocab: int) -> dict:
     pos = torch.arange(x.shape[1]).unsqueeze(0).expand(x.shape[0], -1)
     with torch.no_grad():
         h = gpt_hidden_states(gpt, input_ids=x, position_ids=pos, attention_mask=None).transpose(0, 1)
-    w = gpt.output_layer.weight.detach()
+    w = output_weight(gpt).detach()
     out = {}
     for name, fn in (
         ("fused", fused_vocab_parallel_log_probs),
