@@ -120,6 +120,27 @@ def resolve_value_model(cfg, arch: str):
     return _model_yaml(f"llama3.1_{size.group(1)}b") if size else cfg.model
 
 
+def describe_value_split(value, parallel, roles) -> str:
+    """How the value model's layers sit on the learners' pipeline stages (the split the RL trainer
+    builds: Megatron-Core's first/last-stage counts when PP does not divide its layers)."""
+    import dataclasses
+
+    from megatron_tulu.config.validate import pipeline_stage_layers, validate_layout
+
+    validate_layout(
+        value, dataclasses.replace(parallel, dp=roles.dp), roles.learner_world_size, uneven_stages=True
+    )
+    layers = pipeline_stage_layers(value.num_layers, roles.pp, parallel.vpp)
+    if len(set(layers)) == 1:
+        split = f"{layers[0]} per stage"
+    else:
+        split = (
+            f"{layers[0]} + {roles.pp - 2} x {layers[1]} + {layers[-1]} (uneven: Megatron-Core "
+            "num_layers_in_first/last_pipeline_stage)"
+        )
+    return f"value model {value.name}: {value.num_layers} layers on the learners' TP{roles.tp} x PP{roles.pp}: {split}"
+
+
 def _stats(values: list[float]) -> tuple[float, float, float]:
     return min(values), sum(values) / len(values), max(values)
 
@@ -237,6 +258,12 @@ def dry_run(args: argparse.Namespace, overrides: list[str]) -> int:
     )
 
     value = resolve_value_model(cfg, args.value_arch)
+    if value is not None:
+        try:
+            print("\n" + describe_value_split(value, cfg.parallel, roles))
+        except LayoutError as exc:
+            print(f"\nLAYOUT ERROR (value model): {exc}", file=sys.stderr)
+            return 2
     seq = r.max_prompt_len + r.max_new_tokens
     kw = dict(
         seq_len=seq,

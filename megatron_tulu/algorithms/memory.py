@@ -48,6 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megatron_tulu.config.schema import ModelConfig
+from megatron_tulu.config.validate import pipeline_stage_layers
 
 __all__ = [
     "GB",
@@ -80,9 +81,8 @@ def _layer_params(m: ModelConfig) -> tuple[int, int]:
 
 
 def _layers_on_stage(num_layers: int, pp: int, stage: int) -> int:
-    """Layers on ``stage``; when PP does not divide L the first ``L % PP`` stages get one more."""
-    base, extra = divmod(num_layers, pp)
-    return base + (1 if stage < extra else 0)
+    """Layers on ``stage`` as Megatron-Core builds them (uneven: first/last stages take the rest)."""
+    return pipeline_stage_layers(num_layers, pp)[stage]
 
 
 def stage_params(m: ModelConfig, tp: int, pp: int, stage: int, value_head: bool = False) -> int:

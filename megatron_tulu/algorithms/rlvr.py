@@ -49,6 +49,7 @@ from megatron_tulu.algorithms.rollout_batch import RolloutSample, build_rollout_
 from megatron_tulu.algorithms.value_model import build_value_model
 from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import RLVRRunConfig
+from megatron_tulu.config.validate import validate_layout
 from megatron_tulu.data.mixing import apply_dataset_weights
 from megatron_tulu.data.rlvr_prompts import load_rlvr_prompts
 from megatron_tulu.data.tokenizer import load_tokenizer
@@ -645,8 +646,16 @@ class RLTrainer:
 
     def _build_critic(self) -> ValueCritic:
         cfg, rl = self.cfg, self.cfg.rlvr
+        # the value model's own architecture (Tülu 3 405B: an 8B reward model), in the learners'
+        # layout; a layer count PP does not divide gets Megatron's uneven first/last stages
+        vmodel = (
+            dataclasses.replace(model_config_from_hf(rl.value_model), name="value")
+            if rl.value_model
+            else cfg.model
+        )
+        validate_layout(vmodel, cfg.parallel, self.info.world_size, uneven_stages=True)
         value = build_value_model(
-            cfg.model,
+            vmodel,
             cfg.parallel,
             cfg.precision,
             backbone_hf=self.hf_source,

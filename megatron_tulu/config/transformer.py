@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
+from megatron_tulu.config.validate import uneven_stage_overrides
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,6 +59,9 @@ def to_transformer_config(
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=parallel.vpp,
+        # a layer count PP does not divide (an RL value model in the policy's layout): Megatron's
+        # first/last-stage counts, validated by validate_layout(..., uneven_stages=True)
+        **uneven_stage_overrides(model.num_layers, parallel.pp, parallel.vpp),
         context_parallel_size=parallel.cp,
         expert_model_parallel_size=parallel.ep,
         sequence_parallel=parallel.sequence_parallel,

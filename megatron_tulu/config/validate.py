@@ -58,8 +58,46 @@ def resolve_data_parallel(parallel: ParallelConfig, world_size: int) -> int:
     return dp
 
 
-def validate_layout(model: ModelConfig, parallel: ParallelConfig, world_size: int) -> int:
-    """Check ``parallel`` against ``model`` and ``world_size``; returns the data-parallel size."""
+def pipeline_stage_layers(num_layers: int, pp: int, vpp: int | None = None) -> list[int]:
+    """Decoder layers on each pipeline stage, as Megatron-Core builds them.
+
+    Equal stages when ``pp`` (x ``vpp``) divides ``num_layers``. Otherwise Megatron-Core's uneven
+    split: the middle stages hold ``num_layers // pp`` layers each and the first and last stages
+    share the rest (``num_layers_in_first_pipeline_stage`` / ``..._last_...``), e.g. an 8B value
+    model's 32 layers at PP14 are 4 + 12 x 2 + 4. Raises :class:`LayoutError` where no such split
+    exists (interleaved schedules, fewer layers than middle stages)."""
+    stages = pp * (vpp or 1)
+    if num_layers % stages == 0:
+        return [num_layers // pp] * pp
+    if vpp is not None:
+        raise LayoutError(
+            f"num_layers={num_layers} is not divisible by pp*vpp={stages}; interleaved pipelines need "
+            f"equal stages: pick pp (and vpp) dividing {num_layers}"
+        )
+    middle = num_layers // pp if pp > 2 else 0
+    rest = num_layers - middle * (pp - 2)
+    first = rest // 2
+    if (pp > 2 and middle < 1) or first < 1:
+        raise LayoutError(f"num_layers={num_layers} cannot fill pp={pp} pipeline stages")
+    return [first] + [middle] * (pp - 2) + [rest - first]
+
+
+def uneven_stage_overrides(num_layers: int, pp: int, vpp: int | None = None) -> dict[str, int]:
+    """``TransformerConfig`` fields for :func:`pipeline_stage_layers`' split ({} when even)."""
+    layers = pipeline_stage_layers(num_layers, pp, vpp)
+    if len(set(layers)) == 1:
+        return {}
+    return {"num_layers_in_first_pipeline_stage": layers[0], "num_layers_in_last_pipeline_stage": layers[-1]}
+
+
+def validate_layout(
+    model: ModelConfig, parallel: ParallelConfig, world_size: int, *, uneven_stages: bool = False
+) -> int:
+    """Check ``parallel`` against ``model`` and ``world_size``; returns the data-parallel size.
+
+    ``uneven_stages`` accepts a layer count the pipeline does not divide, split as
+    :func:`pipeline_stage_layers` says (the value model; the policy keeps equal stages, which the
+    refit planner assumes)."""
     validate_model(model)
     for name in ("tp", "pp", "cp", "ep"):
         if getattr(parallel, name) < 1:
@@ -78,7 +116,12 @@ def validate_layout(model: ModelConfig, parallel: ParallelConfig, world_size: in
     if model.ffn_hidden_size % parallel.tp:
         problems.append(f"ffn_hidden_size={model.ffn_hidden_size} is not divisible by tp={parallel.tp}")
     stages = parallel.pp * (parallel.vpp or 1)
-    if model.num_layers % stages:
+    if uneven_stages:
+        try:
+            pipeline_stage_layers(model.num_layers, parallel.pp, parallel.vpp)
+        except LayoutError as exc:
+            problems.append(str(exc))
+    elif model.num_layers % stages:
         problems.append(
             f"num_layers={model.num_layers} is not divisible by pp*vpp={stages}; pick pp (and vpp) "
             f"dividing {model.num_layers}"

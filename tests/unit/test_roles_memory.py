@@ -329,6 +329,8 @@ def test_dry_run_405b_on_32_nodes():
     assert "fits in 80 GB" in text and "policy fp32 main params + Adam m,v (/DP2)" in text
     assert "refit plan" in text and "GB per receiver min/mean/max" in text and "51.27/51.27/51.27" in text
     assert "predicted seconds" in text and "dry run OK: 256 ranks" in text
+    # the 8B value model's 32 layers on PP14: Megatron-Core's uneven first/last stages
+    assert "value model llama3.1_8b: 32 layers on the learners' TP8 x PP14: 4 + 12 x 2 + 4" in text
 
 
 @pytest.mark.slow
