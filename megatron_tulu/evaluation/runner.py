@@ -15,7 +15,7 @@ hit ``max_new_tokens`` without EOS, is scored like any other (0 / the no-EOS pen
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,6 +110,8 @@ def score(
     workers: int | None = None,
     time_limit: float | None = None,
     progress: Any = None,
+    strip_thinking: bool = False,
+    verifier_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Decode and verify rollouts (``rollout.prompt_index`` indexes ``items``) into records.
 
@@ -128,6 +130,8 @@ def score(
         workers=workers,
         time_limit=time_limit,
         progress=progress,
+        strip_thinking=strip_thinking,
+        verifier_options=verifier_options,
     )
 
 
@@ -140,6 +144,8 @@ def score_texts(
     workers: int | None = None,
     time_limit: float | None = None,
     progress: Any = None,
+    strip_thinking: bool = False,
+    verifier_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Score ``(item index, sample index, response text, finish_reason, token count)`` tuples."""
     from megatron_tulu.rewards import (
@@ -170,8 +176,16 @@ def score_texts(
         }
         for i, _, text, finish, _ in samples
     ]
+    options = {name: dict(v) for name, v in (verifier_options or {}).items()}
     strict = compute_rewards(
-        rows, alpha=alpha, no_eos_penalty=no_eos_penalty, workers=workers, time_limit=time_limit, on_done=tick
+        rows,
+        alpha=alpha,
+        no_eos_penalty=no_eos_penalty,
+        workers=workers,
+        time_limit=time_limit,
+        on_done=tick,
+        strip_thinking=strip_thinking,
+        verifier_options=options,
     )
     is_if = [get_verifier(r["dataset"]).name == "ifeval" for r in rows]
     loose_rows = [r for r, f in zip(rows, is_if) if f]
@@ -182,7 +196,8 @@ def score_texts(
             no_eos_penalty=no_eos_penalty,
             workers=workers,
             time_limit=time_limit,
-            verifier_options={"ifeval": {"mode": "loose"}},
+            verifier_options={**options, "ifeval": {**options.get("ifeval", {}), "mode": "loose"}},
+            strip_thinking=strip_thinking,
         )
         if loose_rows
         else []
@@ -233,11 +248,14 @@ def evaluate(
     time_limit: float | None = None,
     progress: bool = False,
     desc: str = "eval",
+    strip_thinking: bool = False,
+    verifier_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> EvalRun:
     """Generate ``settings.n`` samples per item and score them: the one evaluation loop.
 
     ``prompt_ids[i]`` is the prompt of ``items[i]`` (see :func:`~megatron_tulu.evaluation.prompts.encode_items`).
-    Generation stops at the tokenizer's EOS. With ``progress`` two bars (generation in prompts,
+    ``strip_thinking`` / ``verifier_options`` are passed to ``compute_rewards`` (the RL trainer's
+    scoring options, e.g. ``{"gsm8k": {"rule": "tulu3"}}``). Generation stops at the tokenizer's EOS. With ``progress`` two bars (generation in prompts,
     verification in samples) go to stderr.
     """
     if len(items) != len(prompt_ids):
@@ -269,6 +287,8 @@ def evaluate(
             workers=workers,
             time_limit=time_limit,
             progress=score_bar,
+            strip_thinking=strip_thinking,
+            verifier_options=verifier_options,
         )
     finally:
         if score_bar is not None:

@@ -245,3 +245,13 @@ def test_contamination_report_finds_the_planted_items(tasks, tmp_path):
     assert all(t["contaminated"] == 0 for t in report["train"]["other"]["tasks"].values())
     assert report["contaminated"] == {"gsm8k": planted_gsm, "math": [], "ifeval": planted_if}
     assert len(math) == 10
+
+
+def test_rl_scoring_options_reach_the_verifiers(tasks):
+    """The trainer's gsm8k rule reaches the verifier: Tülu 3's release regex drops the sign of "-5"."""
+    item = EvalItem(**{**vars(tasks["gsm8k"][9]), "index": 0})
+    assert item.ground_truth == "-5"
+    sample = [(0, 0, "The temperature is -5 degrees.", "stop", 6)]
+    numeric = score_texts([item], sample, workers=1)
+    reference = score_texts([item], sample, workers=1, verifier_options={"gsm8k": {"rule": "tulu3"}})
+    assert numeric[0]["correct"] and not reference[0]["correct"]
