@@ -113,24 +113,17 @@ def read_ifeval_row(row: dict[str, Any], location: str, task: str, index: int) -
 
 
 def read_rlvr_row(row: dict[str, Any], location: str, task: str, index: int) -> EvalItem:
-    from megatron_tulu.data.chat_template import ChatFormatError, validate_messages
-    from megatron_tulu.rewards import InvalidGroundTruthError, UnknownDatasetError, get_verifier
+    # the RL trainer's own row parser: a held-out file the trainer accepts, eval accepts, and alike
+    from megatron_tulu.data.io import RowError
+    from megatron_tulu.data.rlvr_prompts import parse_rlvr_row
 
-    for key in ("messages", "ground_truth", "dataset"):
-        if key not in row:
-            raise TaskFileError(f"{location}: RLVR row has no {key!r} field")
     try:
-        messages = validate_messages(row["messages"])
-        verifier = get_verifier(row["dataset"])
-        if verifier.validate is not None:
-            verifier.validate(row["ground_truth"])
-    except (ChatFormatError, UnknownDatasetError, InvalidGroundTruthError) as exc:
-        raise TaskFileError(f"{location}: {exc}") from None
+        messages, ground_truth, dataset = parse_rlvr_row(row)
+    except RowError as exc:
+        raise TaskFileError(f"{location}: {exc.detail}") from None
     user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     meta = {"id": row["id"]} if "id" in row else {}
-    return EvalItem(
-        task, index, location, user, row["ground_truth"], row["dataset"], "rlvr", messages=messages, meta=meta
-    )
+    return EvalItem(task, index, location, user, ground_truth, dataset, "rlvr", messages=messages, meta=meta)
 
 
 READERS: dict[str, Callable[[dict[str, Any], str, str, int], EvalItem]] = {
