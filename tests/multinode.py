@@ -31,22 +31,41 @@ class Launch:
     logs: list[Path]
     marker: str
     started: float = field(default_factory=time.monotonic)
+    sessions: set[int] = field(default_factory=set)
 
     def wait(self, timeout: float) -> list[int | None]:
-        """Return codes (None for a launch still running at the deadline, which is then killed)."""
+        """Return codes (None for a launch still running at the deadline, which is then killed).
+        While waiting, remembers the sessions of the job's processes (see :meth:`leftovers`)."""
         deadline = self.started + timeout
-        codes: list[int | None] = []
-        for p in self.procs:
-            try:
-                codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                codes.append(None)
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+            self.track()
+            time.sleep(0.5)
+        codes = [p.poll() for p in self.procs]
         if any(c is None for c in codes):
             self.kill()
         return codes
 
-    def kill(self) -> None:
+    def track(self) -> None:
+        """Record the sessions of the job's live processes. torchrun gives each rank a session of its
+        own, and vLLM's engine processes overwrite their environment (process titles), so a
+        leftover is found by its session as well as by the marker."""
         for pid in trial_processes(self.marker):
+            try:
+                self.sessions.add(os.getsid(pid))
+            except OSError:
+                pass
+
+    def leftovers(self, grace_s: float = 10.0) -> list[int]:
+        """Live processes of the job once it ended (allowing ``grace_s`` for exits in progress)."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            left = sorted(set(trial_processes(self.marker)) | set(_in_sessions(self.sessions)))
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        for pid in set(trial_processes(self.marker)) | set(_in_sessions(self.sessions)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -136,6 +155,20 @@ def trial_processes(marker: str) -> list[int]:
             continue
         if state != "Z" and _environ(pid).get(MARKER) == marker:
             found.append(pid)
+    return found
+
+
+def _in_sessions(sessions: set[int]) -> list[int]:
+    """Live (non-zombie) processes whose session id is in ``sessions``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[3]) in sessions:  # state, ppid, pgrp, session
+                found.append(int(entry.name))
     return found
 
 

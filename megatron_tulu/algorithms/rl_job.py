@@ -9,6 +9,7 @@ form the default process group (Megatron-Core's world). Engine-only ranks then r
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from megatron_tulu.engine.job import (
     JobEnv,
     Watchdog,
     connect_store,
+    guard_process_group,
     host_address,
     job_env,
     lookup,
@@ -126,13 +128,22 @@ class RLJob:
             self.watchdog.finish()
 
     def fail(self, reason: str) -> None:
-        if self.watchdog is not None:
-            self.watchdog.report_failure(reason)
+        """Tell the peers this rank is failing, then name the rank(s) that look dead: a rank usually
+        fails because a peer died, and the error it got (a closed connection) does not say which."""
+        if self.watchdog is None:
+            return
+        self.watchdog.report_failure(reason)
+        culprits = self.watchdog.diagnose()
+        me = f"rank {self.job.rank} ({describe_rank(self.roles, self.job.rank)})"
+        if culprits:
+            print(f"error: {culprits}; {me} stops: {reason[:300]}", file=sys.stderr, flush=True)
 
 
 def start_rl_job(cfg: RLVRRunConfig, verbose: bool = True) -> RLJob:
     """Roles for every rank of this world, then the store, control channel and watchdog."""
     job = job_env()
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun gives each rank a session of its own
+        guard_process_group()  # vLLM's engine processes go with this rank, even after a SIGKILL
     nodes = max(1, job.world_size // job.local_world_size)
     roles = assign_roles(
         cfg.model, cfg.parallel, cfg.rollout, nodes=nodes, gpus_per_node=job.local_world_size

@@ -424,17 +424,45 @@ def rollout_metrics(samples: Sequence[RolloutSample], prefix: str = "") -> dict[
     return out
 
 
-def evaluate(
-    cfg: RLVRRunConfig, fleet: EngineFleet | None, heldout: list[dict[str, Any]], tokenizer
-) -> dict[str, float]:
-    """Greedy held-out verifiable reward/accuracy with the engines' current weights (driver only)."""
+@dataclass
+class HeldOut:
+    """The held-out RLVR prompts, read and encoded once by the one evaluation implementation."""
+
+    items: list
+    prompt_ids: list[list[int]]
+
+    @classmethod
+    def load(cls, cfg: RLVRRunConfig, tokenizer) -> HeldOut:
+        from megatron_tulu.evaluation import encode_items, read_task_files
+
+        files = cfg.rlvr.heldout_files or [str(ASSETS / "rlvr_heldout.jsonl")]
+        items = read_task_files(files, "heldout", "rlvr")
+        ids = encode_items(items, tokenizer, chat_template="tulu", max_prompt_len=cfg.rollout.max_prompt_len)
+        return cls(items, ids)
+
+
+def evaluate(cfg: RLVRRunConfig, fleet: EngineFleet | None, heldout: HeldOut, tokenizer) -> dict[str, float]:
+    """Greedy held-out verifiable reward/accuracy with the engines' current weights (driver only),
+    through ``megatron-tulu eval``'s evaluation loop."""
     if fleet is None:
         return {}
-    outs = fleet.generate(
-        [p["ids"] for p in heldout], sampling(cfg, tokenizer.eos_token_id, cfg.train.seed, True)
+    from megatron_tulu.evaluation import EvalSettings
+    from megatron_tulu.evaluation import evaluate as run_eval
+
+    rl = cfg.rlvr
+    run = run_eval(
+        fleet,
+        heldout.items,
+        heldout.prompt_ids,
+        tokenizer,
+        EvalSettings(max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed),
+        alpha=rl.alpha,
+        no_eos_penalty=rl.no_eos_penalty,
+        workers=rl.reward_workers,
+        strip_thinking=rl.strip_thinking,
+        verifier_options={"gsm8k": {"rule": rl.gsm8k_rule}},
     )
-    samples = score_outputs(outs, heldout, tokenizer, **scoring_options(cfg.rlvr))
-    return rollout_metrics(samples, prefix="eval/")
+    return run.rlvr_metrics("eval/")
 
 
 # ------------------------------------------------------------------------------ the step's phases
@@ -611,9 +639,7 @@ class RLTrainer:
                 "[rlvr] training prompts per dataset (in data -> used): "
                 + ", ".join(f"{name} {have} -> {used}" for name, (have, used) in mix.items())
             )
-        self.heldout = load_prompts(
-            rl.heldout_files or [str(ASSETS / "rlvr_heldout.jsonl")], tok, ro.max_prompt_len
-        )
+        self.heldout = HeldOut.load(cfg, tok)
         episodes_per_step = rl.prompts_per_step * ro.samples_per_prompt
         if episodes_per_step % (info.dp * cfg.train.micro_batch_size * rl.num_mini_batches):
             raise ValueError(

@@ -8,7 +8,7 @@ launcher's own key-value store (the torchrun agent's ``TCPStore`` at ``MASTER_AD
 - :func:`connect_store` -- a client of that store (or, outside an agent, rank 0 hosts it), with a
   prefix per launcher restart so a restarted attempt never reads an old attempt's keys;
 - :func:`host_address` -- the address other nodes reach this rank at (``MEGATRON_TULU_HOST``, else
-  ``MASTER_ADDR`` on node 0, else this host's resolved name): never a hard-coded loopback;
+  this host's address on the route to ``MASTER_ADDR``): never a hard-coded loopback;
 - :func:`publish` / :func:`lookup` -- ports and addresses negotiated through the store;
 - :class:`ControlChannel` -- pickled messages between any two ranks over a gloo group of the whole
   world that is *not* the default group (so Megatron never sees engine ranks);
@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 __all__ = [
     "ControlChannel",
+    "guard_process_group",
     "JobEnv",
     "Watchdog",
     "connect_store",
@@ -84,19 +85,28 @@ def job_env(env: Mapping[str, str] | None = None) -> JobEnv:
 
 
 def host_address(
-    job: JobEnv, env: Mapping[str, str] | None = None, resolve: Callable[[], str] | None = None
+    job: JobEnv, env: Mapping[str, str] | None = None, route: Callable[[str], str | None] | None = None
 ) -> str:
     """The address other nodes use to reach this rank.
 
-    ``MEGATRON_TULU_HOST`` wins (clusters whose node names resolve to the wrong interface); on node
-    0 it is ``MASTER_ADDR`` (the launcher's store lives there, so every node reaches it by that
-    name); elsewhere this host's name, resolved."""
+    ``MEGATRON_TULU_HOST`` wins (clusters with several interfaces); otherwise this host's address
+    on the route to ``MASTER_ADDR`` (the launcher's store, which every node reaches), so the answer
+    is an interface the other nodes share; this host's resolved name as a last resort. No node is
+    assumed to be the store's host (torchrun's c10d rendezvous numbers nodes in join order)."""
     env = os.environ if env is None else env
     if env.get("MEGATRON_TULU_HOST"):
         return env["MEGATRON_TULU_HOST"]
-    if job.node_rank == 0:
-        return job.master_addr
-    return (resolve or _resolve_own_host)()
+    return (route or _address_towards)(job.master_addr) or _resolve_own_host()
+
+
+def _address_towards(target: str) -> str | None:
+    """This host's source address for packets to ``target`` (a UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((target, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return None
 
 
 def _resolve_own_host() -> str:
@@ -197,6 +207,36 @@ def kill_descendants() -> int:
     return len(children)
 
 
+_GUARD: object = None  # the write end of the guard's pipe, held for this process's lifetime
+
+
+def guard_process_group() -> bool:
+    """When this process leads its process group (every torchrun rank does), start a tiny guard
+    in the group that SIGKILLs whatever is left of the group once this process is gone, however it
+    died. vLLM's engine core is *spawned* (no fork hook, no parent-death signal) and does not exit
+    when the process that started it is SIGKILLed; torchrun does not signal the group of a rank
+    that already died. The guard blocks reading a pipe only this process writes to; end of file
+    means this process exited. Returns whether a guard runs."""
+    global _GUARD
+    if _GUARD is not None:
+        return True
+    if os.name != "posix" or os.getpgid(0) != os.getpid():
+        return False
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    subprocess.Popen(
+        ["sh", "-c", 'cat >/dev/null; kill -9 -- "-$0" 2>/dev/null', str(os.getpid())],
+        stdin=read_end,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+    )
+    os.close(read_end)
+    _GUARD = os.fdopen(write_end, "wb")
+    return True
+
+
 class Watchdog:
     """Heartbeats through the job store; ends this process when a peer falls silent.
 
@@ -271,6 +311,36 @@ class Watchdog:
                 parts += [f"rank {p} ({self.describe(p)}) failed: {why}" for p, why in failed]
                 self.on_failure("; ".join(parts))
                 return
+
+    def diagnose(self, wait_s: float | None = None) -> str:
+        """Which peers look dead: those whose heartbeat does not move over ``wait_s`` (default 4
+        beats) or that reported a failure. For the error line of a rank that fails because a peer
+        died (a closed connection says nothing about who)."""
+        wait_s = 4 * self.interval_s if wait_s is None else wait_s
+
+        def beats() -> dict[int, bytes | None]:
+            out = {}
+            for p in self.peers:
+                key = f"heartbeat/{p}"
+                out[p] = self.store.get(key) if self.store.check([key]) else None
+            return out
+
+        try:
+            before = beats()
+            time.sleep(wait_s)
+            after = beats()
+            done = {p for p in self.peers if self.store.check([f"done/{p}"])}
+            failed = {
+                p: self.store.get(f"failed/{p}").decode(errors="replace")
+                for p in self.peers
+                if self.store.check([f"failed/{p}"])
+            }
+        except Exception:
+            return "the job store stopped answering (node 0's launcher is gone)"
+        silent = [p for p in self.peers if p not in done and p not in failed and before[p] == after[p]]
+        parts = [f"rank {p} ({self.describe(p)}) silent (killed or hung)" for p in silent]
+        parts += [f"rank {p} ({self.describe(p)}) failed: {why}" for p, why in failed.items()]
+        return "; ".join(parts)
 
     def report_failure(self, reason: str) -> None:
         """Tell the peers this rank is failing (they stop at once instead of waiting for silence)."""

@@ -248,13 +248,21 @@ class EngineFleet:
                 local_work()
             for p in self.placements:
                 if p.index not in self.local:
-                    status, value = self.channel.recv(p.leader)
+                    status, value = self._recv(p, command)
                     if status != "ok":
                         raise EngineError(
                             f"engine {p.index} (leader rank {p.leader}) failed {command}: {value}"
                         )
                     results[p.index] = value
             return results
+
+    def _recv(self, p: EnginePlacement, command: str) -> tuple[str, Any]:
+        try:
+            return self.channel.recv(p.leader)
+        except RuntimeError as exc:  # the leader's process is gone (connection closed) or hung
+            raise EngineError(
+                f"engine {p.index} (leader rank {p.leader}) lost during {command}: {exc}"
+            ) from exc
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> list[Rollout]:
         """Prompts split into contiguous blocks, one per engine; prompt ``i`` is sampled with seed
@@ -281,7 +289,7 @@ class EngineFleet:
         leader = self.placements[engine].leader
         with self._lock:
             self.channel.send(("logprobs", args), leader)
-            status, value = self.channel.recv(leader)
+            status, value = self._recv(self.placements[engine], "logprobs")
         if status != "ok":
             raise EngineError(f"engine {engine} (leader rank {leader}) failed logprobs: {value}")
         return value

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from tests.helpers import REPO
-from tests.multinode import comparable, launch_nodes, metrics, role_table, trial_processes
+from tests.multinode import comparable, launch_nodes, metrics, role_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.distributed]
 
@@ -42,7 +42,7 @@ def _run(tmp_path, name, tiny, nnodes, nproc, *overrides):
     out = tmp_path / name
     job = launch_nodes(out, nnodes, nproc, [*PRESET, f"model.hf_path={tiny}", *overrides])
     codes = job.wait(TIMEOUT)
-    left = trial_processes(job.marker)
+    left = job.leftovers()
     assert codes == [0] * nnodes, f"return codes {codes}\n{job.log_text()[-6000:]}"
     assert left == [], f"processes of the job still alive: {left}"
     return job, metrics(out)

@@ -45,18 +45,17 @@ def test_job_env_reads_torchrun_variables():
 
 
 def test_host_address_never_assumes_loopback():
-    node0 = job_env(
-        {"GROUP_RANK": "0", "MASTER_ADDR": "node0.cluster", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}
-    )
-    node1 = job_env(
+    job = job_env(
         {"GROUP_RANK": "1", "MASTER_ADDR": "node0.cluster", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}
     )
-    # node 0 is reached by the address every node already uses for the launcher's store
-    assert host_address(node0, env={}, resolve=lambda: "10.0.0.9") == "node0.cluster"
-    # other nodes: their own resolved name
-    assert host_address(node1, env={}, resolve=lambda: "10.0.0.9") == "10.0.0.9"
-    # an explicit interface wins everywhere
-    assert host_address(node1, env={"MEGATRON_TULU_HOST": "10.1.2.3"}, resolve=lambda: "x") == "10.1.2.3"
+    routes = {"node0.cluster": "10.0.0.9"}
+    # the interface this host uses towards the launcher's store (reachable from every node)
+    assert host_address(job, env={}, route=routes.get) == "10.0.0.9"
+    # an explicit interface wins
+    assert host_address(job, env={"MEGATRON_TULU_HOST": "10.1.2.3"}, route=routes.get) == "10.1.2.3"
+    # simulated nodes on one machine: towards 127.0.0.1 the route is loopback itself
+    local = job_env({"MASTER_ADDR": "127.0.0.1"})
+    assert host_address(local, env={}) == "127.0.0.1"
 
 
 def test_split_evenly_covers_every_prompt_once_in_order():
@@ -148,3 +147,16 @@ def test_watchdog_failure_report_names_the_rank_at_once():
     dog.stop()
     assert found and "rank 1 (learner 1) failed: RuntimeError: boom" in found[0]
     assert int(store.get("heartbeat/0")) >= 1
+
+
+def test_diagnose_names_the_silent_and_the_failed_peers():
+    store = dist.TCPStore("127.0.0.1", free_port(), 1, True)
+    dog = Watchdog(
+        store, 0, [0, 1, 2, 3], describe=lambda r: f"role {r}", timeout_s=60, interval_s=0.1, on_failure=print
+    )
+    dog.stop()  # only diagnose() is exercised here
+    store.set("heartbeat/1", "7")  # rank 1: no beat during the wait (dead)
+    store.set("failed/2", "SystemExit")  # rank 2: reported its failure
+    store.set("done/3", "1")  # rank 3: finished cleanly
+    found = dog.diagnose(wait_s=0.3)
+    assert found == "rank 1 (role 1) silent (killed or hung); rank 2 (role 2) failed: SystemExit"
