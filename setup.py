@@ -40,5 +40,11 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6"],
         "bench": ["trl==1.16.0"],
     },
-    entry_points={"console_scripts": ["megatron-tulu=megatron_tulu.cli:main"]},
+    entry_points={
+        "console_scripts": ["megatron-tulu=megatron_tulu.cli:main"],
+        # vLLM loads general plugins in its own processes: engine cores die with their starter
+        "vllm.general_plugins": [
+            "megatron_tulu_die_with_owner = megatron_tulu.rollout.vllm_plugin:die_with_owner"
+        ],
+    },
 )

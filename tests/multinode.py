@@ -49,11 +49,14 @@ class Launch:
         """Record the sessions of the job's live processes. torchrun gives each rank a session of its
         own, and vLLM's engine processes overwrite their environment (process titles), so a
         leftover is found by its session as well as by the marker."""
+        ours = os.getsid(0)  # the launches' own session is the caller's: never a leftover
         for pid in trial_processes(self.marker):
             try:
-                self.sessions.add(os.getsid(pid))
+                sid = os.getsid(pid)
             except OSError:
-                pass
+                continue
+            if sid != ours:
+                self.sessions.add(sid)
 
     def leftovers(self, grace_s: float = 10.0) -> list[int]:
         """Live processes of the job once it ended (allowing ``grace_s`` for exits in progress)."""

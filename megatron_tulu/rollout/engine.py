@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +45,7 @@ from megatron_tulu.rollout.bridge.transport import (
     RefitSpec,
     plan_fingerprint,
 )
+from megatron_tulu.rollout.vllm_plugin import OWNER_ENV
 
 __all__ = ["Rollout", "RolloutEngine", "SamplingSettings", "run_headless_workers", "vllm_engine_kwargs"]
 
@@ -209,6 +211,13 @@ class RolloutEngine:
             **llm_kwargs,
         )
         from vllm import LLM  # after vllm_engine_kwargs set HF_HUB_OFFLINE / the CPU thread binding
+
+        # The engine core dies with this process (rollout/vllm_plugin.py), but the kernel's
+        # parent-death signal follows the *thread* that started it: only from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            os.environ[OWNER_ENV] = str(os.getpid())
+        else:
+            os.environ.pop(OWNER_ENV, None)
 
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
