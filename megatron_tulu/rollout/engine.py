@@ -179,37 +179,13 @@ class RolloutEngine:
     Extra keyword arguments go to ``vllm.LLM``.
     """
 
-    def __init__(
-        self,
-        model: str | os.PathLike,
-        *,
-        tp: int = 1,
-        dtype: str = "bfloat16",
-        seed: int = 0,
-        memory_fraction: float = 0.3,
-        kv_cache_bytes: int | None = None,
-        max_model_len: int | None = 2048,
-        enforce_eager: bool = True,
-        load_format: str = "auto",
-        logprobs_mode: str = "raw_logprobs",
-        **llm_kwargs,
-    ):
+    def __init__(self, model: str | os.PathLike, *, tp: int = 1, **engine_kwargs):
+        """``engine_kwargs``: those of :func:`vllm_engine_kwargs` (one definition of the defaults,
+        shared with the headless workers of a multi-node engine)."""
         self.model_path = str(Path(model))
         self.tp = tp
         t0 = time.perf_counter()
-        kwargs = vllm_engine_kwargs(
-            model,
-            tp=tp,
-            dtype=dtype,
-            seed=seed,
-            memory_fraction=memory_fraction,
-            kv_cache_bytes=kv_cache_bytes,
-            max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
-            load_format=load_format,
-            logprobs_mode=logprobs_mode,
-            **llm_kwargs,
-        )
+        kwargs = vllm_engine_kwargs(model, tp=tp, **engine_kwargs)
         from vllm import LLM  # after vllm_engine_kwargs set HF_HUB_OFFLINE / the CPU thread binding
 
         # The engine core dies with this process (rollout/vllm_plugin.py), but the kernel's

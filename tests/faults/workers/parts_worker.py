@@ -3,6 +3,9 @@
 save ROOT STEP OUT   one optimizer step on both models, save both as parts of step STEP (with an
                      extra dict), write every parameter and optimizer tensor to OUT
 load ROOT OUT        fresh models and optimizers, load the latest checkpoint's parts, write the same
+loop ROOT            save steps 1, 2, 3, ... one after another (keep_last 2) until killed: the RL
+                     trainer's checkpoint shape (policy + value + optimizers + pending batch), for
+                     kill-at-random-instants trials (scripts/rl_checkpoint_kills.py)
 """
 
 import sys
@@ -45,7 +48,21 @@ def main() -> None:
     init_parallel(CFG, parallel, seed=5)
     policy = build_model(CFG, parallel, precision, wrap_ddp=True)
     value = build_model(CFG, parallel, precision, wrap_ddp=True)
-    if mode == "save":
+    if mode == "loop":
+        popt, psched = one_step(policy, CFG, parallel, precision)
+        vopt, vsched = one_step(value, CFG, parallel, precision)
+        step = 0
+        while True:
+            step += 1
+            print(f"saving {step}", flush=True)
+            save_checkpoint(
+                root,
+                step,
+                parts={"policy": (policy, popt, psched), "value": (value, vopt, vsched)},
+                extra={"pending_rollouts": {"rollouts": [[step] * 64] * 16, "version": step}},
+                keep_last=2,
+            )
+    elif mode == "save":
         step, out = int(sys.argv[3]), sys.argv[4]
         popt, psched = one_step(policy, CFG, parallel, precision)
         vopt, vsched = one_step(value, CFG, parallel, precision)
