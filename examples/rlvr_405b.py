@@ -340,21 +340,11 @@ def main(argv: list[str]) -> int:
     args, overrides = split_argv(argv)
     if args.dry_run:
         return dry_run(args, overrides)
-    try:
-        from megatron_tulu.algorithms import rlvr
-    except ModuleNotFoundError as exc:
-        if exc.name != "megatron_tulu.algorithms.rlvr":
-            raise
-        print(
-            "megatron_tulu.algorithms.rlvr is not available in this checkout (the RLVR trainer); "
-            "`--dry-run` works without it",
-            file=sys.stderr,
-        )
-        return 2
-    if not hasattr(rlvr, "main"):
-        print("megatron_tulu.algorithms.rlvr has no main(argv)", file=sys.stderr)
-        return 2
-    return int(rlvr.main(overrides) or 0)
+    # the real run is `megatron-tulu rlvr`: same process set-up (SIGTERM unwinds, ranks die with
+    # their launcher, one `error:` line for user errors) and the same trainer, roles included
+    from megatron_tulu.cli import main as cli_main
+
+    return cli_main(["rlvr", *overrides])
 
 
 if __name__ == "__main__":

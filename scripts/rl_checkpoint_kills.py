@@ -25,24 +25,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.multinode import in_sessions  # noqa: E402  (the repo's own test helpers)
+
 WORKER = REPO / "tests" / "faults" / "workers" / "parts_worker.py"
 
 
 def _env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
-
-
-def _session_alive(sid: int) -> list[int]:
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != "Z" and int(fields[3]) == sid:
-                alive.append(int(entry.name))
-    return alive
 
 
 def trial(root: Path, rng: random.Random) -> dict:
@@ -69,7 +59,7 @@ def trial(root: Path, rng: random.Random) -> dict:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(2.0)
-    orphans = _session_alive(proc.pid)
+    orphans = in_sessions({proc.pid})
     for pid in orphans:
         os.kill(pid, signal.SIGKILL)
     verify = subprocess.run(

@@ -62,13 +62,13 @@ class Launch:
         """Live processes of the job once it ended (allowing ``grace_s`` for exits in progress)."""
         deadline = time.monotonic() + grace_s
         while True:
-            left = sorted(set(trial_processes(self.marker)) | set(_in_sessions(self.sessions)))
+            left = sorted(set(trial_processes(self.marker)) | set(in_sessions(self.sessions)))
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(0.5)
 
     def kill(self) -> None:
-        for pid in set(trial_processes(self.marker)) | set(_in_sessions(self.sessions)):
+        for pid in set(trial_processes(self.marker)) | set(in_sessions(self.sessions)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -161,7 +161,7 @@ def trial_processes(marker: str) -> list[int]:
     return found
 
 
-def _in_sessions(sessions: set[int]) -> list[int]:
+def in_sessions(sessions: set[int]) -> list[int]:
     """Live (non-zombie) processes whose session id is in ``sessions``."""
     found = []
     for entry in Path("/proc").iterdir():

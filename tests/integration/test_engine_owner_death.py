@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.helpers import REPO
-from tests.multinode import _in_sessions
+from tests.multinode import in_sessions
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -46,14 +46,14 @@ def test_engine_processes_die_with_a_sigkilled_owner(tmp_path):
             if line.strip() == "ready":
                 break
         assert owner.poll() is None
-        started = _in_sessions({owner.pid})
+        started = in_sessions({owner.pid})
         assert len(started) >= 2, started  # the owner and at least vLLM's engine core
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(30)
         deadline = time.monotonic() + 30
-        while _in_sessions({owner.pid}) and time.monotonic() < deadline:
+        while in_sessions({owner.pid}) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _in_sessions({owner.pid}) == []
+        assert in_sessions({owner.pid}) == []
     finally:
-        for pid in _in_sessions({owner.pid}):
+        for pid in in_sessions({owner.pid}):
             os.kill(pid, signal.SIGKILL)

@@ -73,7 +73,7 @@ def _kill_mid_run_then_resume(straight, tmp_path, victim: int, role: str):
     assert f"rank {victim} ({role}" in text, text[-5000:]
     assert job.leftovers() == [], "processes of the killed job are still alive"
     saved = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if "." not in p.name)
-    assert saved >= 2
+    assert saved >= 1  # the kill may land before or during the save of step 2
 
     resumed = launch_nodes(out, 2, 2, [*ARGS, f"model.hf_path={tiny}", "checkpoint.resume=true"])
     assert resumed.wait(600) == [0, 0], resumed.log_text()[-5000:]
