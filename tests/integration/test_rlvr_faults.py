@@ -40,17 +40,25 @@ def straight(tmp_path_factory):
         cwd=REPO,
         capture_output=True,
     )
-    job = launch_nodes(root / "straight", 2, 2, [*ARGS, f"model.hf_path={tiny}"])
+    heldout = root / "heldout.jsonl"  # a short step-0 evaluation
+    rows = (
+        (REPO / "megatron_tulu" / "assets" / "data" / "rlvr_heldout.jsonl")
+        .read_text()
+        .splitlines(keepends=True)
+    )
+    heldout.write_text("".join(rows[:32]))
+    args = [*ARGS, f"model.hf_path={tiny}", f"rlvr.heldout_files=[{heldout}]"]
+    job = launch_nodes(root / "straight", 2, 2, args)
     assert job.wait(600) == [0, 0], job.log_text()[-5000:]
     rows = metrics(root / "straight")
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
-    return tiny, rows
+    return args, rows
 
 
 def _kill_mid_run_then_resume(straight, tmp_path, victim: int, role: str):
-    tiny, reference = straight
+    args, reference = straight
     out = tmp_path / "crashed"
-    job = launch_nodes(out, 2, 2, [*ARGS, f"model.hf_path={tiny}"])
+    job = launch_nodes(out, 2, 2, args)
     deadline = time.monotonic() + 600
     while len(metrics(out)) < 3:  # steps 0-2 logged: mid-run, between checkpoints 2 and 3
         assert time.monotonic() < deadline and all(p.poll() is None for p in job.procs), job.log_text()[
@@ -75,7 +83,7 @@ def _kill_mid_run_then_resume(straight, tmp_path, victim: int, role: str):
     saved = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if "." not in p.name)
     assert saved >= 1  # the kill may land before or during the save of step 2
 
-    resumed = launch_nodes(out, 2, 2, [*ARGS, f"model.hf_path={tiny}", "checkpoint.resume=true"])
+    resumed = launch_nodes(out, 2, 2, [*args, "checkpoint.resume=true"])
     assert resumed.wait(600) == [0, 0], resumed.log_text()[-5000:]
     assert resumed.leftovers() == []
     assert comparable(metrics(out)) == comparable(reference)

@@ -38,9 +38,28 @@ def tiny(tmp_path_factory):
     return out
 
 
-def _run(tmp_path, name, tiny, nnodes, nproc, *overrides):
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    """The first 32 shipped held-out prompts (the step-0 evaluation of every run, kept short)."""
+    path = tmp_path_factory.mktemp("heldout") / "heldout.jsonl"
+    rows = (
+        (REPO / "megatron_tulu" / "assets" / "data" / "rlvr_heldout.jsonl")
+        .read_text()
+        .splitlines(keepends=True)
+    )
+    path.write_text("".join(rows[:32]))
+    return path
+
+
+def _run(tmp_path, name, sources, nnodes, nproc, *overrides):
+    """``sources``: (tiny model dir, held-out file)."""
     out = tmp_path / name
-    job = launch_nodes(out, nnodes, nproc, [*PRESET, f"model.hf_path={tiny}", *overrides])
+    job = launch_nodes(
+        out,
+        nnodes,
+        nproc,
+        [*PRESET, f"model.hf_path={sources[0]}", f"rlvr.heldout_files=[{sources[1]}]", *overrides],
+    )
     codes = job.wait(TIMEOUT)
     left = job.leftovers()
     assert codes == [0] * nnodes, f"return codes {codes}\n{job.log_text()[-6000:]}"
@@ -59,15 +78,17 @@ def _check_refits(rows, engine_ranks):
 
 
 @pytest.fixture(scope="module")
-def colocated(tiny, tmp_path_factory):
+def colocated(tiny, heldout, tmp_path_factory):
     """The reference: one node, learners TP2, the TP2 engine inside learner rank 0's process."""
-    _, rows = _run(tmp_path_factory.mktemp("colocated"), "run", tiny, 1, 2, "rollout.placement=colocated")
+    _, rows = _run(
+        tmp_path_factory.mktemp("colocated"), "run", (tiny, heldout), 1, 2, "rollout.placement=colocated"
+    )
     _check_refits(rows, 2)
     return rows
 
 
-def test_learners_on_node0_tp2_engine_on_node1_equal_colocated(colocated, tiny, tmp_path):
-    job, rows = _run(tmp_path, "dedicated", tiny, 2, 2)
+def test_learners_on_node0_tp2_engine_on_node1_equal_colocated(colocated, tiny, heldout, tmp_path):
+    job, rows = _run(tmp_path, "dedicated", (tiny, heldout), 2, 2)
     _check_refits(rows, 2)
     assert comparable(rows) == comparable(colocated)
     # the real run prints the same role table as the dry run
@@ -92,8 +113,10 @@ def test_learners_on_node0_tp2_engine_on_node1_equal_colocated(colocated, tiny, 
     assert role_table(job.logs[0].read_text()) == table
 
 
-def test_two_tp1_engines_on_node1(colocated, tiny, tmp_path):
-    _, rows = _run(tmp_path, "two_engines", tiny, 2, 2, "rollout.engine_tp=1", "rollout.num_engines=2")
+def test_two_tp1_engines_on_node1(colocated, tiny, heldout, tmp_path):
+    _, rows = _run(
+        tmp_path, "two_engines", (tiny, heldout), 2, 2, "rollout.engine_tp=1", "rollout.num_engines=2"
+    )
     _check_refits(rows, 2)
     # Same prompts, seeds and sampled tokens as one TP2 engine; only the engines' own log-prob
     # numerics (TP1 vs TP2 reductions) differ, at the 1e-7 level.
@@ -103,10 +126,10 @@ def test_two_tp1_engines_on_node1(colocated, tiny, tmp_path):
     ]
 
 
-def test_tp2_engine_split_over_two_nodes(colocated, tiny, tmp_path):
+def test_tp2_engine_split_over_two_nodes(colocated, tiny, heldout, tmp_path):
     """Three nodes of one rank: the learner (TP1) on node 0, engine TP ranks 0 and 1 on nodes 1 and 2
     (node 2 runs vLLM's headless workers)."""
-    _, rows = _run(tmp_path, "split_engine", tiny, 3, 1, "parallel.tp=1", "rollout.engine_tp=2")
+    _, rows = _run(tmp_path, "split_engine", (tiny, heldout), 3, 1, "parallel.tp=1", "rollout.engine_tp=2")
     _check_refits(rows, 2)
     # the same TP2 engine samples the same tokens; the learner is TP1 here (TP2 in the reference), so
     # its losses and norms agree to float rounding only
