@@ -3,23 +3,14 @@
 Token ids in, token ids + per-token log-probs + finish reasons out; started once and reused;
 weights refreshed in place by :meth:`RolloutEngine.refit` (see :mod:`megatron_tulu.rollout.refit`).
 
-Placement (how the RLVR trainer should lay processes out):
-
-- **Dedicated (default, Tülu 3's asynchronous layout).** Learner ranks are the torchrun ranks;
-  each engine lives in a separate controller process (vLLM starts its own worker processes,
-  one per TP rank, on devices the learner does not use). The controller constructs
-  ``RolloutEngine``, calls :meth:`join_refit_group` once with the same host/port and
-  :class:`~megatron_tulu.rollout.bridge.transport.RefitSpec` the learner ranks use, and after each
-  optimizer step calls :meth:`refit` while every learner rank calls
-  :meth:`~megatron_tulu.rollout.refit.LearnerRefit.send` (both block until the refit is done).
-  Several engines: give each its ``engine_index`` and one group for all of them
-  (``EngineLayout(tp=N, num_engines=E)``), and run their ``refit`` calls concurrently
-  (``wait=False``) since the learner sends to all engines at once.
-- **Colocated (option).** The engine is constructed inside one learner rank's process (after
-  ``torch.distributed`` was initialised; vLLM still runs its workers in child processes). That
-  process must call ``refit(wait=False)`` (the receive runs on a helper thread) before its own
-  ``LearnerRefit.send`` and then ``.result()``; otherwise it would wait for itself. Generation
-  then blocks that learner rank, so use it for small runs only.
+Placement: the RL trainer places engines by role (:mod:`megatron_tulu.rollout.fleet`,
+``rollout.placement``). **Dedicated** (Tülu 3's layout): an engine's TP rank 0 is an engine-only
+torchrun rank that constructs ``RolloutEngine`` (vLLM starts one worker process per TP rank of its
+node; further nodes of a multi-node engine run :func:`run_headless_workers`). **Colocated** (the CPU
+default): the engine lives inside a learner rank's process; that process calls ``refit(wait=False)``
+(the receive runs on a helper thread) before its own ``LearnerRefit.send`` and then ``.result()``,
+otherwise it would wait for itself. Either way the learners and every engine's workers form one
+refit group (``EngineLayout(tp=N, num_engines=E)``; each engine joins with its ``engine_index``).
 
 Create engines inside ``if __name__ == "__main__":`` (vLLM spawns processes). On a CPU with
 ``tp > 1`` the worker thread binding ``VLLM_CPU_OMP_THREADS_BIND`` is set to split this
