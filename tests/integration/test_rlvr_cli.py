@@ -128,3 +128,18 @@ def test_kill9_then_resume_is_exact(setup, tmp_path, mode):
     assert [[r.get(k) for k in keys] for r in _rows(crashed)] == [
         [r.get(k) for k in keys] for r in _rows(straight)
     ]
+
+
+def test_grpo_estimator_trains(setup, tmp_path):
+    """The critic-free estimator end to end: groups of 2 samples per prompt, KL as a loss term
+    (k3 by default under GRPO), no value model."""
+    out = tmp_path / "grpo"
+    assert (
+        _rlvr(setup, out, "rlvr.estimator=grpo", "rollout.samples_per_prompt=2", "rlvr.prompts_per_step=4")
+        == 0
+    ), (tmp_path / "grpo.log").read_text()[-3000:]
+    steps = [r for r in _rows(out) if r["step"] > 0]
+    assert len(steps) == 4  # 32 episodes / (4 prompts x 2 samples)
+    for row in steps:
+        assert "policy/loss" in row and "kl" in row and "time/update" in row
+        assert not any(key.startswith("value/") for key in row)  # no critic under GRPO
