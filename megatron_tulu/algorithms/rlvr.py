@@ -199,13 +199,12 @@ class RolloutQueue:
             self._pool.shutdown(wait=True)
 
 
-def sampling(
-    cfg: RLVRRunConfig, eos_id: int, seed: int, greedy: bool = False, n: int = 1
-) -> SamplingSettings:
+def sampling(cfg: RLVRRunConfig, eos_id: int, seed: int, n: int = 1) -> SamplingSettings:
+    """The training batches' sampling (held-out evaluation is greedy: see :func:`evaluate`)."""
     ro = cfg.rollout
     return SamplingSettings(
-        temperature=0.0 if greedy else ro.temperature,
-        top_p=1.0 if greedy else ro.top_p,
+        temperature=ro.temperature,
+        top_p=ro.top_p,
         max_new_tokens=ro.max_new_tokens,
         n=n,
         seed=seed,
