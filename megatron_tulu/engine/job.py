@@ -48,6 +48,11 @@ __all__ = [
 ]
 
 
+# This process only: a world of one's private store, torch's default MASTER_ADDR when none is
+# set. Anything another process or host must reach takes its address from host_address().
+LOCAL_ONLY = "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class JobEnv:
     """What the launcher told this process (torchrun's environment variables)."""
@@ -77,7 +82,7 @@ def job_env(env: Mapping[str, str] | None = None) -> JobEnv:
         local_rank=int(env.get("LOCAL_RANK", "0")),
         local_world_size=local_world,
         node_rank=int(node) if node is not None else rank // max(1, local_world),
-        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+        master_addr=env.get("MASTER_ADDR", LOCAL_ONLY),
         master_port=int(port) if port else None,
         agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
         restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
@@ -129,7 +134,7 @@ def connect_store(job: JobEnv, timeout_s: float = 300.0) -> dist.Store:
     otherwise rank 0 hosts one at ``MASTER_ADDR:MASTER_PORT``; a world of one gets a private store."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if job.world_size == 1 and job.master_port is None:
-        store: dist.Store = dist.TCPStore("127.0.0.1", reserve_port("127.0.0.1"), 1, True, timeout=timeout)
+        store: dist.Store = dist.TCPStore(LOCAL_ONLY, reserve_port(LOCAL_ONLY), 1, True, timeout=timeout)
     elif job.agent_store:
         store = dist.TCPStore(job.master_addr, job.master_port, None, False, timeout=timeout)
     else:

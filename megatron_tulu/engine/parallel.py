@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +14,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig
 from megatron_tulu.config.validate import validate_layout
 from megatron_tulu.engine.cpu_compat import enable_cpu_compat
+from megatron_tulu.engine.job import LOCAL_ONLY, reserve_port
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,6 @@ def device_for_rank() -> torch.device:
     return torch.device("cpu")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for stores and side groups)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class LearnerWorld:
     """The learner ranks of a job whose other ranks have other roles (RLVR engines): the default
@@ -85,14 +78,18 @@ def init_distributed(timeout_minutes: int = 30, world: LearnerWorld | None = Non
         return
     if "MASTER_PORT" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torchrun, or a caller that picked the port itself (a world of one unless it says more)
-        for key, default in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        for key, default in (("MASTER_ADDR", LOCAL_ONLY), ("RANK", "0"), ("WORLD_SIZE", "1")):
             os.environ.setdefault(key, default)
         dist.init_process_group(backend=backend, timeout=timeout)
         return
     # A world of one outside torchrun: a fresh port each time, so back-to-back runs (or stages of
     # one pipeline process) never collide with a store port still in TIME_WAIT.
     dist.init_process_group(
-        backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, timeout=timeout
+        backend=backend,
+        init_method=f"tcp://{LOCAL_ONLY}:{reserve_port(LOCAL_ONLY)}",
+        rank=0,
+        world_size=1,
+        timeout=timeout,
     )
 
 

@@ -22,7 +22,7 @@ import os
 import threading
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from megatron_tulu.engine.job import ControlChannel, lookup, publish, reserve_port
@@ -45,7 +45,6 @@ class EngineOptions:
     memory_fraction: float
     max_model_len: int
     enforce_eager: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def kwargs(self) -> dict[str, Any]:
         return dict(
@@ -55,7 +54,6 @@ class EngineOptions:
             memory_fraction=self.memory_fraction,
             max_model_len=self.max_model_len,
             enforce_eager=self.enforce_eager,
-            **self.extra,
         )
 
 
