@@ -386,7 +386,12 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     set_torch_threads(int(os.environ.get("OMP_NUM_THREADS", spec["threads"])))
     import torch
 
-    from megatron_tulu.algorithms.dpo import make_batch_builder, make_forward_step, make_reference_step
+    from megatron_tulu.algorithms.dpo import (
+        forward_pairs,
+        make_batch_builder,
+        make_forward_step,
+        reference_stats,
+    )
     from megatron_tulu.algorithms.loop import split_for_rank
     from megatron_tulu.algorithms.ref_cache import compute_reference_logps
     from megatron_tulu.config.load import load_config
@@ -450,8 +455,9 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
         chunks,
         len(pairs),
         make_batch_builder(pairs, mode, pad_id, None, None),
-        make_reference_step(cfg.model.vocab_size, mode),
         mb,
+        forward=forward_pairs(mode),
+        sequence_stats=reference_stats(cfg.model.vocab_size, mode),
         rows_per_pair=2 if mode == "concatenated" else 1,
     )
     ref_seconds, ref_cpu = time.perf_counter() - ref_t0, time.process_time() - ref_c0

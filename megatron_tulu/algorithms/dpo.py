@@ -1,8 +1,9 @@
 """Preference optimisation (Tülu 3 §5): length-normalized DPO by default, any registered loss.
 
-Order of a run: init parallel -> tokenizer + preference pairs -> model (+HF weights) ->
-reference log-prob cache (forward-only, before any update; the reference model is never resident
-during training) -> optimizer/scheduler -> resume -> loop -> final checkpoint + HF export.
+Order of a run (``DPOTrainer`` on the shared lifecycle of ``trainer.py``): setup = init parallel ->
+tokenizer + preference pairs -> model (+HF weights) -> reference log-prob cache (forward-only,
+before any update; the reference model is never resident during training) ->
+optimizer/scheduler; then resume -> steps -> final checkpoint + HF export.
 
 Chosen and rejected go through the model as two forward passes per micro-batch (Tülu 3 Fig. 17,
 ``dpo.forward_mode=separate``) or one concatenated pass (``concatenated``, needed for PP > 1
@@ -22,16 +23,13 @@ import torch
 
 from megatron_tulu.algorithms.loop import (
     BatchOrder,
-    MetricsLogger,
     Throughput,
     check_batch_geometry,
     ensure_model_source,
     is_rank0,
     rank0_first,
-    resume_step,
     save_config,
     split_for_rank,
-    train_loop,
 )
 from megatron_tulu.algorithms.ref_cache import (
     cache_key,
@@ -39,16 +37,16 @@ from megatron_tulu.algorithms.ref_cache import (
     load_or_compute,
     model_fingerprint,
 )
+from megatron_tulu.algorithms.trainer import SupervisedTrainer
 from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import DPORunConfig
 from megatron_tulu.data.io import data_fingerprint
 from megatron_tulu.data.preference import collate_pairs, load_preference_examples
 from megatron_tulu.data.tokenizer import load_tokenizer
-from megatron_tulu.engine.checkpoint import find_latest
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
-from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-from megatron_tulu.engine.train_step import prepare_model_for_training
+from megatron_tulu.engine.parallel import init_parallel
+from megatron_tulu.engine.train_step import Forward, forward_batch, prepare_model_for_training
 from megatron_tulu.losses.dpo import PreferenceLogps, get_dpo_loss, needs_reference
 from megatron_tulu.losses.logprobs import sequence_logps
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
@@ -57,15 +55,18 @@ EMBEDDED_DPO = Path(__file__).resolve().parents[1] / "assets" / "data" / "dpo.js
 SIDES = ("chosen", "rejected")
 
 
-def policy_logits(model: torch.nn.Module, batch: dict[str, Any], mode: str) -> torch.Tensor:
-    """Logits for [chosen; rejected] stacked on the batch dim."""
-    if mode == "concatenated":
-        return model(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
-    outs = [
-        model(input_ids=batch[f"{s}_tokens"], position_ids=batch[f"{s}_position_ids"], attention_mask=None)
-        for s in SIDES
-    ]
-    return torch.cat(outs, dim=0)
+def forward_pairs(mode: str) -> Forward:
+    """``forward(model, batch) -> (logits of [chosen; rejected] stacked on the batch dim, batch)``:
+    one pass over the concatenated rows, or one pass per side."""
+
+    def forward(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        if mode == "concatenated":
+            return forward_batch(model, batch)
+        chosen, batch = forward_batch(model, batch, prefix="chosen_")
+        rejected, batch = forward_batch(model, batch, prefix="rejected_")
+        return torch.cat([chosen, rejected], dim=0), batch
+
+    return forward
 
 
 def stacked_targets(batch: dict[str, Any], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,41 +78,30 @@ def stacked_targets(batch: dict[str, Any], mode: str) -> tuple[torch.Tensor, tor
     )
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+def reference_stats(vocab_size: int, mode: str) -> Callable:
+    """Per-pair log-prob sums and token counts of both sides, for the reference cache."""
 
+    def stats(output: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        labels, mask = stacked_targets(batch, mode)
+        sums, counts = sequence_logps(output, labels, mask, vocab_size)
+        b = sums.shape[0] // 2
+        return {
+            "chosen": sums[:b],
+            "rejected": sums[b:],
+            "chosen_tokens": counts[:b],
+            "rejected_tokens": counts[b:],
+        }
 
-def make_reference_step(vocab_size: int, mode: str) -> Callable:
-    """Forward-only step whose 'loss' output carries per-sequence log-prob sums for the cache."""
-
-    def forward_step(data_iterator: Iterator[dict[str, Any]], model: torch.nn.Module):
-        batch = _to(next(data_iterator), next(model.parameters()).device)
-        logits = policy_logits(model, batch, mode)
-
-        def loss_func(output: torch.Tensor):
-            labels, mask = stacked_targets(batch, mode)
-            sums, counts = sequence_logps(output, labels, mask, vocab_size)
-            b = sums.shape[0] // 2
-            stats = {
-                "chosen": sums[:b],
-                "rejected": sums[b:],
-                "chosen_tokens": counts[:b],
-                "rejected_tokens": counts[b:],
-            }
-            return torch.zeros((), device=output.device), torch.tensor(b, dtype=torch.int), stats
-
-        return logits, loss_func
-
-    return forward_step
+    return stats
 
 
 def make_forward_step(cfg: DPORunConfig, vocab_size: int) -> Callable:
     loss_fn = get_dpo_loss(cfg.dpo.loss)
     mode = cfg.dpo.forward_mode
+    forward = forward_pairs(mode)
 
     def forward_step(data_iterator: Iterator[dict[str, Any]], model: torch.nn.Module):
-        batch = _to(next(data_iterator), next(model.parameters()).device)
-        logits = policy_logits(model, batch, mode)
+        logits, batch = forward(model, next(data_iterator))
 
         def loss_func(output: torch.Tensor):
             labels, mask = stacked_targets(batch, mode)
@@ -156,122 +146,125 @@ def make_batch_builder(pairs: Sequence[Any], mode: str, pad_id: int, fixed_len: 
     return build
 
 
-def train_dpo(cfg: DPORunConfig) -> dict[str, Any]:
-    if cfg.dpo.forward_mode not in ("separate", "concatenated"):
-        raise ValueError(f"dpo.forward_mode must be separate|concatenated, got {cfg.dpo.forward_mode!r}")
-    if cfg.parallel.pp > 1 and cfg.dpo.forward_mode == "separate":
-        raise ValueError(
-            "dpo.forward_mode=separate needs parallel.pp=1 (a stage passes one tensor per "
-            "micro-batch); set dpo.forward_mode=concatenated"
+class DPOTrainer(SupervisedTrainer):
+    """Preference optimisation on the shared lifecycle (:mod:`megatron_tulu.algorithms.trainer`)."""
+
+    name = "dpo"
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if cfg.dpo.forward_mode not in ("separate", "concatenated"):
+            raise ValueError(f"dpo.forward_mode must be separate|concatenated, got {cfg.dpo.forward_mode!r}")
+        if cfg.parallel.pp > 1 and cfg.dpo.forward_mode == "separate":
+            raise ValueError(
+                "dpo.forward_mode=separate needs parallel.pp=1 (a stage passes one tensor per "
+                "micro-batch); set dpo.forward_mode=concatenated"
+            )
+        self.hf_source = hf_source = ensure_model_source(cfg)
+        cfg.model = dataclasses.replace(model_config_from_hf(hf_source), name=cfg.model.name)
+        self.info = info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
+        save_config(cfg, self.out_dir)
+        tokenizer = load_tokenizer(cfg.data.tokenizer or hf_source)
+        files = cfg.data.train_files or [str(EMBEDDED_DPO)]
+        max_len = min(cfg.data.max_seq_len, cfg.train.seq_length)
+
+        def load():
+            return load_preference_examples(
+                files,
+                tokenizer,
+                max_seq_len=max_len,
+                skip_bad=cfg.data.skip_bad,
+                cache_dir=cfg.data.cache_dir,
+            )
+
+        self.pairs, self.report = rank0_first(load)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None
+        mode = cfg.dpo.forward_mode
+
+        self.num_microbatches = check_batch_geometry(
+            cfg.train.global_batch_size, cfg.train.micro_batch_size, info.dp
         )
-    out_dir = Path(cfg.train.output_dir)
-    hf_source = ensure_model_source(cfg)
-    cfg.model = dataclasses.replace(model_config_from_hf(hf_source), name=cfg.model.name)
-    info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
-    save_config(cfg, out_dir)
-    tokenizer = load_tokenizer(cfg.data.tokenizer or hf_source)
-    files = cfg.data.train_files or [str(EMBEDDED_DPO)]
-    max_len = min(cfg.data.max_seq_len, cfg.train.seq_length)
+        self.micro_batch_rows = cfg.train.micro_batch_size * (2 if mode == "concatenated" else 1)
+        self.order = BatchOrder(len(self.pairs), cfg.train.global_batch_size, cfg.train.seed)
+        per_run = self.order.steps_per_epoch * cfg.dpo.epochs
+        self.total_steps = min(cfg.train.train_iters, per_run) if cfg.train.train_iters > 0 else per_run
 
-    def load():
-        return load_preference_examples(
-            files, tokenizer, max_seq_len=max_len, skip_bad=cfg.data.skip_bad, cache_dir=cfg.data.cache_dir
+        self.chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
+        load_hf_weights(self.chunks, cfg.model, hf_source)
+        self.ref, self.ref_cache_hit = None, None
+        # The registry decides (not a name test), so a plugin's reference-free loss skips the cache too.
+        if needs_reference(cfg.dpo.loss):
+            key = cache_key(
+                model_fingerprint(hf_source),
+                data_fingerprint("dpo-ref", [Path(f) for f in files], tokenizer, {"max_seq_len": max_len}),
+                {"params_dtype": cfg.precision.params_dtype},
+            )
+            cache_path = Path(cfg.dpo.ref_cache_dir or self.out_dir / "ref_cache") / f"ref_logps_{key}.pt"
+            self.ref, self.ref_cache_hit = load_or_compute(
+                cache_path,
+                lambda: compute_reference_logps(
+                    self.chunks,
+                    len(self.pairs),
+                    make_batch_builder(self.pairs, mode, pad_id, fixed_len, None),
+                    cfg.train.micro_batch_size,
+                    forward=forward_pairs(mode),
+                    sequence_stats=reference_stats(cfg.model.vocab_size, mode),
+                    rows_per_pair=2 if mode == "concatenated" else 1,
+                ),
+            )
+        self.optimizer = build_optimizer(self.chunks, cfg.optimizer, cfg.parallel, cfg.precision)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, self.total_steps)
+        prepare_model_for_training(self.chunks, self.optimizer)
+        self.forward_step = make_forward_step(cfg, cfg.model.vocab_size)
+        self.build = make_batch_builder(self.pairs, mode, pad_id, fixed_len, self.ref)
+
+    def before_steps(self, start: int) -> None:
+        cfg = self.cfg
+        self.meter = Throughput(
+            cfg.model, cfg.train.seq_length, self.info.world_size, cfg.logging.peak_tflops
         )
+        if is_rank0():
+            report = self.report
+            cache = "unused" if self.ref is None else "hit" if self.ref_cache_hit else "computed"
+            print(
+                f"[dpo] {report.pairs} pairs ({report.summary() if hasattr(report, 'summary') else report}); "
+                f"loss={cfg.dpo.loss} beta={cfg.dpo.beta} mode={cfg.dpo.forward_mode} "
+                f"steps={self.total_steps} start={start} ref_cache={cache}"
+            )
 
-    pairs, report = rank0_first(load)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None
-    mode = cfg.dpo.forward_mode
-
-    num_mb = check_batch_geometry(cfg.train.global_batch_size, cfg.train.micro_batch_size, info.dp)
-    order = BatchOrder(len(pairs), cfg.train.global_batch_size, cfg.train.seed)
-    per_epoch = order.steps_per_epoch * cfg.dpo.epochs
-    total_steps = min(cfg.train.train_iters, per_epoch) if cfg.train.train_iters > 0 else per_epoch
-
-    chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
-    load_hf_weights(chunks, cfg.model, hf_source)
-
-    ref = None
-    ref_cache_hit = None
-    # The registry decides (not a name test), so a plugin's reference-free loss skips the cache too.
-    if needs_reference(cfg.dpo.loss):
-        key = cache_key(
-            model_fingerprint(hf_source),
-            data_fingerprint("dpo-ref", [Path(f) for f in files], tokenizer, {"max_seq_len": max_len}),
-            {"params_dtype": cfg.precision.params_dtype},
+    def micro_batches(self, step: int) -> list[dict[str, Any]]:
+        shares = split_for_rank(
+            self.order.rows(step), self.info.dp, self.info.dp_rank, self.cfg.train.micro_batch_size
         )
-        cache_path = Path(cfg.dpo.ref_cache_dir or out_dir / "ref_cache") / f"ref_logps_{key}.pt"
-        ref, ref_cache_hit = load_or_compute(
-            cache_path,
-            lambda: compute_reference_logps(
-                chunks,
-                len(pairs),
-                make_batch_builder(pairs, mode, pad_id, fixed_len, None),
-                make_reference_step(cfg.model.vocab_size, mode),
-                cfg.train.micro_batch_size,
-                rows_per_pair=2 if mode == "concatenated" else 1,
-            ),
-        )
+        return [self.build(idx) for idx in shares]
 
-    optimizer = build_optimizer(chunks, cfg.optimizer, cfg.parallel, cfg.precision)
-    scheduler = build_scheduler(optimizer, cfg.optimizer, total_steps)
-    prepare_model_for_training(chunks, optimizer)
-    ckpt_root = Path(cfg.checkpoint.save_dir or out_dir / "checkpoints")
-    start = resume_step(cfg, ckpt_root, chunks, optimizer, scheduler)
-    if is_rank0():
-        print(
-            f"[dpo] {report.pairs} pairs ({report.summary() if hasattr(report, 'summary') else report}); "
-            f"loss={cfg.dpo.loss} beta={cfg.dpo.beta} mode={mode} steps={total_steps} start={start} "
-            f"ref_cache={'unused' if ref is None else 'hit' if ref_cache_hit else 'computed'}"
-        )
-    build = make_batch_builder(pairs, mode, pad_id, fixed_len, ref)
-    meter = Throughput(cfg.model, cfg.train.seq_length, info.world_size, cfg.logging.peak_tflops)
-
-    def micro_batches(step: int) -> list[dict[str, Any]]:
-        return [
-            build(idx)
-            for idx in split_for_rank(order.rows(step), info.dp, info.dp_rank, cfg.train.micro_batch_size)
-        ]
-
-    def step_metrics(result, micro) -> dict[str, Any]:
-        timing = meter.measure(cfg.train.global_batch_size)
+    def step_metrics(self, result, micro) -> dict[str, Any]:
+        timing = self.meter.measure(self.cfg.train.global_batch_size)
         return {
             **result.metrics,
             "samples_per_s": timing["tokens_per_s"],
             "step_seconds": timing["step_seconds"],
         }
 
-    last = train_loop(
-        name="dpo",
-        cfg=cfg,
-        chunks=chunks,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        forward_step=make_forward_step(cfg, cfg.model.vocab_size),
-        micro_batches=micro_batches,
-        step_metrics=step_metrics,
-        start=start,
-        total_steps=total_steps,
-        num_microbatches=num_mb,
-        ckpt_root=ckpt_root,
-        logger=MetricsLogger(out_dir, cfg.logging, resume_step=start),
-        meta={"model": dataclasses.asdict(cfg.model), "algorithm": "dpo"},
-        progress_bar=cfg.logging.progress_bar,
-        micro_batch_rows=cfg.train.micro_batch_size * (2 if mode == "concatenated" else 1),
-    )
-    summary: dict[str, Any] = {
-        "steps": total_steps,
-        "pairs": len(pairs),
-        "final_checkpoint": str(find_latest(ckpt_root)),
-        "ref_cache_hit": ref_cache_hit,
-        "forward_mode": mode,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if cfg.dpo.export_hf:
-        summary["hf_export"] = str(export_hf(chunks, cfg.model, out_dir / "hf", tokenizer_dir=hf_source))
-    summary["last_metrics"] = last
-    destroy_parallel()
-    return summary
+    def finish(self, last: dict[str, Any]) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            **super().finish(last),
+            "pairs": len(self.pairs),
+            "ref_cache_hit": self.ref_cache_hit,
+            "forward_mode": self.cfg.dpo.forward_mode,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        if self.cfg.dpo.export_hf:
+            summary["hf_export"] = str(
+                export_hf(self.chunks, self.cfg.model, self.out_dir / "hf", tokenizer_dir=self.hf_source)
+            )
+        summary["last_metrics"] = last
+        return summary
+
+
+def train_dpo(cfg: DPORunConfig) -> dict[str, Any]:
+    return DPOTrainer(cfg).run()
 
 
 def main(argv: list[str]) -> int:

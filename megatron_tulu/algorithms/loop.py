@@ -175,6 +175,7 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 class Throughput:
@@ -196,93 +197,3 @@ def save_config(cfg: Any, out_dir: str | os.PathLike) -> None:
     if is_rank0():
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-
-
-def resume_step(cfg: RunConfig, ckpt_root: Path, chunks, optimizer, scheduler) -> int:
-    """Load the checkpoint ``checkpoint.resume`` (false | true | auto) selects; return its step.
-
-    The choice (and its errors: nothing to resume with ``true``, damaged files) is
-    :func:`megatron_tulu.engine.checkpoint.resolve_resume`, shared with the RL trainer; the
-    checksums were verified there, so the load does not read every file twice.
-    """
-    from megatron_tulu.engine.checkpoint import load_checkpoint, resolve_resume
-
-    chosen = resolve_resume(cfg.checkpoint, ckpt_root)
-    if chosen is None:
-        return 0
-    return int(load_checkpoint(chosen, chunks, optimizer, scheduler, verify=False)["step"])
-
-
-def train_loop(
-    *,
-    name: str,
-    cfg: RunConfig,
-    chunks: list[torch.nn.Module],
-    optimizer,
-    scheduler,
-    forward_step,
-    micro_batches,
-    step_metrics,
-    start: int,
-    total_steps: int,
-    num_microbatches: int,
-    ckpt_root: Path,
-    logger: MetricsLogger,
-    meta: dict[str, Any],
-    progress_bar: bool = True,
-    micro_batch_rows: int | None = None,
-) -> dict[str, Any]:
-    """Steps ``start..total_steps``: train_step, log, periodic checkpoint. Returns the last metrics.
-
-    ``micro_batches(step)`` gives this rank's micro-batches of global batch ``step``;
-    ``step_metrics(result, micro)`` turns a StepResult into the logged row (loss, lr, ...).
-    ``micro_batch_rows``: batch rows of the activation a pipeline stage sends (default: the
-    configured micro-batch size; DPO's concatenated mode sends two rows per pair).
-    """
-    from megatron_tulu.engine.checkpoint import save_checkpoint
-    from megatron_tulu.engine.faults import crash_point
-    from megatron_tulu.engine.train_step import train_step
-
-    bar = None
-    if is_rank0() and progress_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=start, desc=name, dynamic_ncols=True)
-    last: dict[str, Any] = {}
-    for step in range(start, total_steps):
-        micro = micro_batches(step)
-        seq_len = max(int(v.shape[-1]) for k, v in micro[0].items() if k.endswith("tokens"))
-        result = train_step(
-            forward_step,
-            iter(micro),
-            chunks,
-            optimizer,
-            scheduler,
-            num_microbatches=num_microbatches,
-            seq_length=seq_len,
-            micro_batch_size=micro_batch_rows or cfg.train.micro_batch_size,
-        )
-        last = {**step_metrics(result, micro), "lr": result.lr, "grad_norm": result.grad_norm}
-        logger.log(step + 1, last)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last.get('loss', float('nan')):.3f}", lr=f"{result.lr:.2e}")
-        interval = cfg.checkpoint.save_interval
-        if interval and (step + 1) % interval == 0 and step + 1 < total_steps:
-            save_checkpoint(
-                ckpt_root,
-                step + 1,
-                chunks,
-                optimizer,
-                scheduler,
-                keep_last=cfg.checkpoint.keep_last,
-                meta=meta,
-            )
-        crash_point("kill_after_step", step + 1)
-    if bar is not None:
-        bar.close()
-    logger.close()
-    save_checkpoint(
-        ckpt_root, total_steps, chunks, optimizer, scheduler, keep_last=cfg.checkpoint.keep_last, meta=meta
-    )
-    return last

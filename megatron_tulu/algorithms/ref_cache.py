@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_tulu.engine.train_step import forward_backward
+from megatron_tulu.engine.train_step import Forward, forward_only_collect
 
 _SAMPLE = 1 << 20  # bytes hashed from the start, middle and end of each weight file
 
@@ -45,65 +45,43 @@ def cache_key(model_fp: str, data_fp: str, settings: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+REFERENCE_STATS = ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
+
+
 def compute_reference_logps(
     chunks: list[torch.nn.Module],
     num_pairs: int,
     make_batch: Callable[[Sequence[int]], dict[str, Any]],
-    forward_step: Callable,
     micro_batch: int,
+    *,
+    forward: Forward,
+    sequence_stats: Callable[[torch.Tensor, dict[str, Any]], dict[str, torch.Tensor]],
     rows_per_pair: int = 2,
 ) -> dict[str, torch.Tensor]:
     """Forward-only pass over every pair; returns {chosen, rejected, chosen_tokens, rejected_tokens} [N].
 
-    DP rank d takes pairs d, d+dp, ...; the last pipeline stage computes the sums, which are then
-    gathered over DP and broadcast over PP so every rank holds the whole table. ``rows_per_pair``
-    is the batch rows one pair occupies in the tensors a pipeline stage exchanges (2 when chosen
-    and rejected are concatenated).
+    DP rank d takes pairs d, d+dp, ...; ``forward`` and ``sequence_stats`` (per-pair sums of the
+    stats above, computed on the last stage) go to :func:`forward_only_collect`, which gives every
+    pipeline rank the result; the DP ranks then exchange their shares, so every rank holds the
+    whole table. ``rows_per_pair`` is the batch rows one pair occupies in the tensors a pipeline
+    stage exchanges (2 when chosen and rejected are concatenated).
     """
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     mine = list(range(dp_rank, num_pairs, dp))
-    batches = [mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)]
     rows: dict[int, list[float]] = {}
-    for chunk in chunks:
-        chunk.eval()
-    with torch.no_grad():
-        for idx in batches:
-            batch = make_batch(idx)
-            out = forward_backward(
-                forward_step,
-                iter([batch]),
-                chunks,
-                num_microbatches=1,
-                seq_length=int(batch.get("tokens", batch.get("chosen_tokens")).shape[-1]),
-                micro_batch_size=len(idx) * rows_per_pair,
-                forward_only=True,
-            )
-            if parallel_state.is_pipeline_last_stage():
-                stats = out[0]
-                for j, i in enumerate(idx):
-                    rows[i] = [
-                        float(stats[k][j]) for k in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
-                    ]
-    for chunk in chunks:
-        chunk.train()
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    for start in range(0, len(mine), micro_batch):
+        idx = mine[start : start + micro_batch]
+        stats = forward_only_collect(
+            chunks, [make_batch(idx)], sequence_stats, len(idx) * rows_per_pair, forward=forward
+        )
+        for j, i in enumerate(idx):
+            rows[i] = [float(stats[k][j]) for k in REFERENCE_STATS]
+    if dp > 1:
         gathered: list[dict[int, list[float]]] = [{} for _ in range(dp)]
         dist.all_gather_object(gathered, rows, group=parallel_state.get_data_parallel_group())
         rows = {k: v for part in gathered for k, v in part.items()}
-        holder = [rows]
-        dist.broadcast_object_list(
-            holder,
-            src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )
-        rows = holder[0]
     table = torch.tensor([rows[i] for i in range(num_pairs)], dtype=torch.float64)
-    return {
-        "chosen": table[:, 0],
-        "rejected": table[:, 1],
-        "chosen_tokens": table[:, 2],
-        "rejected_tokens": table[:, 3],
-    }
+    return {name: table[:, i] for i, name in enumerate(REFERENCE_STATS)}
 
 
 def load_or_compute(

@@ -38,7 +38,6 @@ import torch.distributed as dist
 
 from megatron_tulu.algorithms.loop import (
     BatchOrder,
-    MetricsLogger,
     barrier,
     ensure_model_source,
     is_rank0,
@@ -46,6 +45,7 @@ from megatron_tulu.algorithms.loop import (
 )
 from megatron_tulu.algorithms.rl_job import RLJob, start_rl_job
 from megatron_tulu.algorithms.rollout_batch import RolloutSample, build_rollout_tensors, row_length
+from megatron_tulu.algorithms.trainer import Trainer
 from megatron_tulu.algorithms.value_model import build_value_model
 from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import RLVRRunConfig
@@ -53,11 +53,9 @@ from megatron_tulu.config.validate import validate_layout
 from megatron_tulu.data.mixing import apply_dataset_weights
 from megatron_tulu.data.rlvr_prompts import load_rlvr_prompts
 from megatron_tulu.data.tokenizer import load_tokenizer
-from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, resolve_resume, save_checkpoint
-from megatron_tulu.engine.faults import crash_point
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
-from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+from megatron_tulu.engine.parallel import init_parallel
 from megatron_tulu.engine.train_step import (
     forward_batch,
     forward_only_collect,
@@ -611,13 +609,17 @@ def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
     return summary
 
 
-class RLTrainer:
-    """One learner rank's RL run: setup, resume, steps of named phases, checkpoints, close."""
+class RLTrainer(Trainer):
+    """One learner rank's RL run on the shared lifecycle (:mod:`megatron_tulu.algorithms.trainer`):
+    setup, resume, steps of named phases, checkpoints, close."""
+
+    name = "rlvr"
 
     def __init__(self, cfg: RLVRRunConfig, job: RLJob, hf_source: str, options):
-        self.cfg, self.job, self.hf_source, self.options = cfg, job, hf_source, options
-        self.out_dir = Path(cfg.train.output_dir)
-        self.ckpt_root = Path(cfg.checkpoint.save_dir or self.out_dir / "checkpoints")
+        super().__init__(cfg)
+        self.job, self.hf_source, self.options = job, hf_source, options
+        self.pending: dict | None = None  # the async batch saved with the checkpoint resumed from
+        self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -696,17 +698,8 @@ class RLTrainer:
     def _updates(self) -> int:
         return self.total_steps * self.cfg.rlvr.ppo_epochs * self.cfg.rlvr.num_mini_batches
 
-    # ------------------------------------------------------------------------------ resume
-    def resume(self) -> tuple[int, dict | None]:
-        """(first step, the async batch pending at the checkpoint) from the checkpoint
-        ``checkpoint.resume`` selects (false | true | auto; see ``resolve_resume``)."""
-        chosen = resolve_resume(self.cfg.checkpoint, self.ckpt_root)
-        if chosen is None:
-            return 0, None
-        extra = load_checkpoint(chosen, parts=self.parts(), verify=False)  # verified when chosen
-        return int(extra["step"]), extra.get("pending_rollouts")
-
-    def parts(self) -> dict[str, tuple]:
+    # ------------------------------------------------------------------------------ checkpoint
+    def checkpoint_parts(self) -> dict[str, tuple]:
         """The models of one RL checkpoint, saved and committed together."""
         a = self.actor
         parts = {"policy": (a.chunks, a.optimizer, a.scheduler)}
@@ -714,6 +707,22 @@ class RLTrainer:
             c = self.critic
             parts["value"] = (c.chunks, c.optimizer, c.scheduler)
         return parts
+
+    def checkpoint_extra(self, step: int) -> dict[str, Any]:
+        """The batch generated before this checkpoint's update (async mode), for an exact resume."""
+        pending = self.queue.peek(step) if self.queue.lag and step < self.total_steps else None
+        pending = share_from_driver(pending)
+        if pending is None:
+            return {"pending_rollouts": None}
+        return {
+            "pending_rollouts": {
+                "rollouts": [dataclasses.asdict(r) for r in pending[0]],
+                "version": pending[1],
+            }
+        }
+
+    def restore(self, extra: dict[str, Any]) -> None:
+        self.pending = extra.get("pending_rollouts")
 
     # ------------------------------------------------------------------------------- batches
     def start_batch(self, step: int, version: int) -> None:
@@ -732,119 +741,83 @@ class RLTrainer:
         rows = [self.prompts[i] for i in self.order.rows(step)]
         return score_outputs(rollouts, rows, self.tokenizer, **scoring_options(rl))
 
-    # ----------------------------------------------------------------------------------- run
-    def run(self) -> dict[str, Any]:
-        try:
-            self.setup()
-            return self._loop()
-        finally:
-            self.close()
-
-    def _loop(self) -> dict[str, Any]:
-        cfg, rl = self.cfg, self.cfg.rlvr
-        start, pending = self.resume()
+    # ----------------------------------------------------------------------------------- steps
+    def before_steps(self, start: int) -> None:
+        """Join the refit group, bring resumed weights to the engines, evaluate step 0, start the
+        first batches (``lag`` of them ahead in async mode)."""
+        cfg = self.cfg
         self.refitter = Refitter(cfg, self.actor.chunks, self.job, self.fleet)
         if start > 0:
             self.refitter.refit(self.actor.chunks)  # the engines start from the HF weights
-        logger = MetricsLogger(self.out_dir, cfg.logging, resume_step=start)
-        history: list[dict[str, Any]] = []
         if start == 0:
             row = {"step": 0, **share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer))}
-            logger.log(0, row)
-            history.append(row)
+            self.logger.log(0, row)
+            self.history.append(row)
         lag, total = self.queue.lag, self.total_steps
-        if pending is not None:  # async resume: the batch generated before the checkpoint
-            self.queue.put(start, [Rollout(**r) for r in pending["rollouts"]], pending["version"])
+        if self.pending is not None:  # async resume: the batch generated before the checkpoint
+            self.queue.put(start, [Rollout(**r) for r in self.pending["rollouts"]], self.pending["version"])
         else:
             self.start_batch(start, version=start)
         for k in range(start + 1, min(start + 1 + lag, total)):
             self.start_batch(k, version=start)
-        bar = None
-        if is_rank0() and cfg.logging.progress_bar:
-            from tqdm import tqdm
 
-            bar = tqdm(total=total, initial=start, desc="rlvr", dynamic_ncols=True)
+    def run_step(self, step: int) -> dict[str, Any]:
+        """generate -> score -> log-probs (and values) -> advantages -> update -> refit -> evaluate."""
+        cfg, rl = self.cfg, self.cfg.rlvr
+        lag, total = self.queue.lag, self.total_steps
+        phases = Phases()
+        with phases("generate"):  # waiting for this step's batch (0 when it overlapped training)
+            batch = self.queue.collect(step)
+        with phases("score"):
+            samples = share_from_driver(self.score(step, batch[0] if batch else None))
+            version = share_from_driver(batch[1] if batch else None)
+        with phases("log_probs"):
+            data = log_probs_and_values(cfg, samples, self.actor, self.critic, self.pad_id, self.info)
+        with phases("advantages"):
+            stats = {**advantages(cfg, data), **engine_logprob_gap(data)}
+        with phases("update"):
+            upd = ppo_updates(cfg, data, self.actor, self.critic, step)
+        with phases("generate_wait"):  # the next batch must not see the weights change mid-way
+            self.queue.wait_idle()
+        with phases("refit"):
+            refit_stats = self.refitter.refit(self.actor.chunks)
+        if step + 1 + lag < total:
+            self.start_batch(step + 1 + lag, version=step + 1)
+        row = {
+            **rollout_metrics(samples),
+            **stats,
+            **upd,
+            **refit_stats,
+            "lr": self.actor.optimizer.param_groups[0]["lr"],
+            "rollout/policy_version": version,  # updates included in the weights that sampled it
+            "rollout/staleness": step - version,
+        }
+        if rl.eval_every and ((step + 1) % rl.eval_every == 0 or step + 1 == total):
+            with phases("evaluate"):
+                row.update(share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer)))
+        row.update(phases.metrics())
+        self.history.append({"step": step + 1, **row})
+        return row
 
-        for step in range(start, total):
-            phases = Phases()
-            with phases("generate"):  # waiting for this step's batch (0 when it overlapped training)
-                batch = self.queue.collect(step)
-            with phases("score"):
-                samples = share_from_driver(self.score(step, batch[0] if batch else None))
-                version = share_from_driver(batch[1] if batch else None)
-            with phases("log_probs"):
-                data = log_probs_and_values(cfg, samples, self.actor, self.critic, self.pad_id, self.info)
-            with phases("advantages"):
-                stats = {**advantages(cfg, data), **engine_logprob_gap(data)}
-            with phases("update"):
-                upd = ppo_updates(cfg, data, self.actor, self.critic, step)
-            with phases("generate_wait"):  # the next batch must not see the weights change mid-way
-                self.queue.wait_idle()
-            with phases("refit"):
-                refit_stats = self.refitter.refit(self.actor.chunks)
-            if step + 1 + lag < total:
-                self.start_batch(step + 1 + lag, version=step + 1)
-            row = {
-                **rollout_metrics(samples),
-                **stats,
-                **upd,
-                **refit_stats,
-                "lr": self.actor.optimizer.param_groups[0]["lr"],
-                "rollout/policy_version": version,  # updates included in the weights that sampled it
-                "rollout/staleness": step - version,
-            }
-            if rl.eval_every and ((step + 1) % rl.eval_every == 0 or step + 1 == total):
-                with phases("evaluate"):
-                    row.update(share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer)))
-            row.update(phases.metrics())
-            logger.log(step + 1, row)  # before the checkpoint: a resume never lacks a logged step
-            history.append({"step": step + 1, **row})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(reward=f"{row['reward/all']:.2f}", kl=f"{row['kl']:.3f}")
-            interval = cfg.checkpoint.save_interval
-            if interval and (step + 1) % interval == 0 and step + 1 < total:
-                self.save(step + 1, pending=self.queue.peek(step + 1) if lag else None)
-            crash_point("kill_after_step", step + 1)
-        if bar is not None:
-            bar.close()
-        logger.close()
-        self.save(total, pending=None)
-        summary: dict[str, Any] = {"steps": total, "final_checkpoint": str(find_latest(self.ckpt_root))}
-        evals = [h for h in history if "eval/reward/all" in h]
+    def progress(self, row: dict[str, Any]) -> dict[str, str]:
+        return {"reward": f"{row['reward/all']:.2f}", "kl": f"{row['kl']:.3f}"}
+
+    def finish(self, last: dict[str, Any]) -> dict[str, Any]:
+        summary = super().finish(last)
+        evals = [h for h in self.history if "eval/reward/all" in h]
         if evals:
             summary["eval_first"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
             summary["eval_last"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
-        if rl.export_hf:
+        if self.cfg.rlvr.export_hf:
             summary["hf_export"] = str(
-                export_hf(self.actor.chunks, cfg.model, self.out_dir / "hf", tokenizer_dir=self.hf_source)
+                export_hf(
+                    self.actor.chunks, self.cfg.model, self.out_dir / "hf", tokenizer_dir=self.hf_source
+                )
             )
         if is_rank0():
             _plot(self.out_dir)
         barrier()
         return summary
-
-    # ---------------------------------------------------------------------------- checkpoint
-    def save(self, step: int, pending: tuple[list[Rollout], int] | None) -> None:
-        """One atomic checkpoint: policy and value models with their optimizers and schedulers,
-        the data position, RNG and the pending async batch, committed together (``latest`` moves
-        only once all of it is written)."""
-        pending = share_from_driver(pending)
-        cfg = self.cfg
-        extra: dict[str, Any] = {"pending_rollouts": None}
-        if pending is not None:  # generated before this checkpoint's update: keep it for an exact resume
-            extra["pending_rollouts"] = {
-                "rollouts": [dataclasses.asdict(r) for r in pending[0]],
-                "version": pending[1],
-            }
-        save_checkpoint(
-            self.ckpt_root,
-            step,
-            parts=self.parts(),
-            extra=extra,
-            keep_last=cfg.checkpoint.keep_last,
-            meta={"model": dataclasses.asdict(cfg.model), "algorithm": "rlvr"},
-        )
 
     # ---------------------------------------------------------------------------------- close
     def close(self) -> None:
@@ -860,7 +833,7 @@ class RLTrainer:
         if service is not None:  # a colocated engine on this rank: its service ends on the driver's stop
             service.join(60)
             service.engine.close()
-        destroy_parallel()
+        super().close()
 
 
 def _plot(out_dir: Path) -> None:

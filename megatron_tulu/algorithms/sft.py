@@ -22,27 +22,24 @@ from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_tulu.algorithms.loop import (
     BatchOrder,
-    MetricsLogger,
     Throughput,
     check_batch_geometry,
     ensure_model_source,
     is_rank0,
     rank0_first,
-    resume_step,
     save_config,
     split_for_rank,
-    train_loop,
 )
+from megatron_tulu.algorithms.trainer import SupervisedTrainer
 from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import SFTRunConfig
 from megatron_tulu.data.packing import block_causal_mask, collate_rows, pack_examples, pad_batch
 from megatron_tulu.data.sft import load_sft_examples
 from megatron_tulu.data.tokenizer import load_tokenizer
-from megatron_tulu.engine.checkpoint import find_latest
 from megatron_tulu.engine.model import build_model, select_layer_spec
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
-from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-from megatron_tulu.engine.train_step import prepare_model_for_training
+from megatron_tulu.engine.parallel import init_parallel
+from megatron_tulu.engine.train_step import forward_batch, prepare_model_for_training
 from megatron_tulu.losses.lm import masked_token_loss
 from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
@@ -103,9 +100,9 @@ def model_inputs(batch: dict[str, Any], packing: bool, use_thd: bool) -> dict[st
 
 def make_forward_step(vocab_size: int, reduction: str, packing: bool, use_thd: bool) -> Callable:
     def forward_step(data_iterator: Iterator[dict[str, Any]], model: torch.nn.Module):
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(data_iterator).items()}
-        logits = model(**model_inputs(batch, packing, use_thd))
+        logits, batch = forward_batch(
+            model, next(data_iterator), inputs=lambda b: model_inputs(b, packing, use_thd)
+        )
         if use_thd and packing:
             logits = logits.reshape(*batch["tokens"].shape, -1)
 
@@ -147,85 +144,83 @@ def collate(rows: Any, idx: list[int], packing: bool, pad_id: int, fixed_len: in
     return pad_batch([rows[i] for i in idx], pad_to=fixed_len, pad_id=pad_id)
 
 
-def train_sft(cfg: SFTRunConfig) -> dict[str, Any]:
-    out_dir = Path(cfg.train.output_dir)
-    hf_source = ensure_model_source(cfg) if cfg.model.hf_path or cfg.model.name == "tiny" else None
-    if hf_source:
-        cfg.model = dataclasses.replace(model_config_from_hf(hf_source), name=cfg.model.name)
-    info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
-    save_config(cfg, out_dir)
-    tokenizer = load_tokenizer(cfg.data.tokenizer or hf_source)
-    rows, data_info = build_rows(cfg, tokenizer)
-    num_mb = check_batch_geometry(cfg.train.global_batch_size, cfg.train.micro_batch_size, info.dp)
-    order = BatchOrder(len(rows), cfg.train.global_batch_size, cfg.train.seed)
-    total_steps = (
-        min(cfg.train.train_iters, order.steps_per_epoch * cfg.sft.epochs)
-        if cfg.train.train_iters > 0
-        else order.steps_per_epoch * cfg.sft.epochs
-    )
+class SFTTrainer(SupervisedTrainer):
+    """SFT on the shared lifecycle (:mod:`megatron_tulu.algorithms.trainer`)."""
 
-    chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
-    if hf_source:
-        load_hf_weights(chunks, cfg.model, hf_source)
-    optimizer = build_optimizer(chunks, cfg.optimizer, cfg.parallel, cfg.precision)
-    scheduler = build_scheduler(optimizer, cfg.optimizer, total_steps)
-    prepare_model_for_training(chunks, optimizer)
+    name = "sft"
 
-    ckpt_root = Path(cfg.checkpoint.save_dir or out_dir / "checkpoints")
-    start = resume_step(cfg, ckpt_root, chunks, optimizer, scheduler)
-    _, impl = select_layer_spec(cfg.precision)
-    use_thd = impl == "transformer_engine"
-    fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None  # p2p shapes must be static
-    if is_rank0():
-        print(
-            f"[sft] {data_info['data_report']}; rows={data_info['rows']} "
-            f"packing_efficiency={data_info.get('packing_efficiency', 'n/a')} steps={total_steps} start={start}"
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.hf_source = ensure_model_source(cfg) if cfg.model.hf_path or cfg.model.name == "tiny" else None
+        if self.hf_source:
+            cfg.model = dataclasses.replace(model_config_from_hf(self.hf_source), name=cfg.model.name)
+        self.info = info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
+        save_config(cfg, self.out_dir)
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer or self.hf_source)
+        self.rows, self.data_info = build_rows(cfg, self.tokenizer)
+        self.num_microbatches = check_batch_geometry(
+            cfg.train.global_batch_size, cfg.train.micro_batch_size, info.dp
         )
-    meter = Throughput(cfg.model, cfg.train.seq_length, info.world_size, cfg.logging.peak_tflops)
+        self.micro_batch_rows = cfg.train.micro_batch_size
+        self.order = BatchOrder(len(self.rows), cfg.train.global_batch_size, cfg.train.seed)
+        per_run = self.order.steps_per_epoch * cfg.sft.epochs
+        self.total_steps = min(cfg.train.train_iters, per_run) if cfg.train.train_iters > 0 else per_run
 
-    def micro_batches(step: int) -> list[dict[str, Any]]:
-        shares = split_for_rank(order.rows(step), info.dp, info.dp_rank, cfg.train.micro_batch_size)
-        return [collate(rows, idx, cfg.data.packing, data_info["pad_id"], fixed_len) for idx in shares]
+        self.chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
+        if self.hf_source:
+            load_hf_weights(self.chunks, cfg.model, self.hf_source)
+        self.optimizer = build_optimizer(self.chunks, cfg.optimizer, cfg.parallel, cfg.precision)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, self.total_steps)
+        prepare_model_for_training(self.chunks, self.optimizer)
+        _, impl = select_layer_spec(cfg.precision)
+        self.forward_step = make_forward_step(
+            cfg.model.vocab_size, cfg.sft.loss_reduction, cfg.data.packing, impl == "transformer_engine"
+        )
+        self.fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None  # p2p shapes must be static
 
-    def step_metrics(result, micro) -> dict[str, Any]:
-        non_pad = sum(int((b["document_ids"] >= 0).sum()) for b in micro) * info.dp
-        key = "loss_per_sequence" if cfg.sft.loss_reduction == "sum" else "loss_per_token"
+    def before_steps(self, start: int) -> None:
+        cfg = self.cfg
+        self.meter = Throughput(
+            cfg.model, cfg.train.seq_length, self.info.world_size, cfg.logging.peak_tflops
+        )
+        if is_rank0():
+            d = self.data_info
+            print(
+                f"[sft] {d['data_report']}; rows={d['rows']} "
+                f"packing_efficiency={d.get('packing_efficiency', 'n/a')} steps={self.total_steps} start={start}"
+            )
+
+    def micro_batches(self, step: int) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        shares = split_for_rank(
+            self.order.rows(step), self.info.dp, self.info.dp_rank, cfg.train.micro_batch_size
+        )
+        return [
+            collate(self.rows, idx, cfg.data.packing, self.data_info["pad_id"], self.fixed_len)
+            for idx in shares
+        ]
+
+    def step_metrics(self, result, micro) -> dict[str, Any]:
+        non_pad = sum(int((b["document_ids"] >= 0).sum()) for b in micro) * self.info.dp
+        key = "loss_per_sequence" if self.cfg.sft.loss_reduction == "sum" else "loss_per_token"
         return {
             "loss": result.metrics[key],
             "loss_per_token": result.metrics["loss_per_token"],
-            **meter.measure(non_pad),
+            **self.meter.measure(non_pad),
         }
 
-    last = train_loop(
-        name="sft",
-        cfg=cfg,
-        chunks=chunks,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        forward_step=make_forward_step(
-            cfg.model.vocab_size, cfg.sft.loss_reduction, cfg.data.packing, use_thd
-        ),
-        micro_batches=micro_batches,
-        step_metrics=step_metrics,
-        start=start,
-        total_steps=total_steps,
-        num_microbatches=num_mb,
-        ckpt_root=ckpt_root,
-        logger=MetricsLogger(out_dir, cfg.logging, resume_step=start),
-        meta={"model": dataclasses.asdict(cfg.model), "algorithm": "sft"},
-        progress_bar=cfg.logging.progress_bar,
-    )
-    final = find_latest(ckpt_root)
-    summary = {
-        "steps": total_steps,
-        "final_checkpoint": str(final),
-        **{k: v for k, v in data_info.items() if k != "pad_id"},
-    }
-    if cfg.sft.export_hf:
-        summary["hf_export"] = str(export_hf(chunks, cfg.model, out_dir / "hf", tokenizer_dir=hf_source))
-    summary["last_metrics"] = last
-    destroy_parallel()
-    return summary
+    def finish(self, last: dict[str, Any]) -> dict[str, Any]:
+        summary = {**super().finish(last), **{k: v for k, v in self.data_info.items() if k != "pad_id"}}
+        if self.cfg.sft.export_hf:
+            summary["hf_export"] = str(
+                export_hf(self.chunks, self.cfg.model, self.out_dir / "hf", tokenizer_dir=self.hf_source)
+            )
+        summary["last_metrics"] = last
+        return summary
+
+
+def train_sft(cfg: SFTRunConfig) -> dict[str, Any]:
+    return SFTTrainer(cfg).run()
 
 
 def main(argv: list[str]) -> int:

@@ -131,14 +131,17 @@ def _collect_parts(
     scheduler: OptimizerParamScheduler | None,
     parts: dict[str, Part] | None,
 ) -> dict[str, Part]:
-    """The default (unnamed, top-level) part first, then the named ones in the caller's order."""
+    """The default (unnamed, top-level) part first, then the named ones in the caller's order.
+    ``parts[""]`` is the unnamed part too (a trainer names all its parts in one dict)."""
     out: dict[str, Part] = {}
     if model_chunks is not None:
         out[""] = (model_chunks, optimizer, scheduler)
     elif optimizer is not None or scheduler is not None:
         raise ValueError("optimizer/scheduler given without model_chunks; pass them inside parts=")
     for name, part in (parts or {}).items():
-        if not _PART_NAME.match(name) or name.startswith("step_"):
+        if name == "" and "" in out:
+            raise ValueError("the unnamed part given twice (model_chunks and parts[''])")
+        if name and (not _PART_NAME.match(name) or name.startswith("step_")):
             raise ValueError(f"checkpoint part name {name!r}: use letters, digits, '_' or '-'")
         chunks, opt, sched = (tuple(part) + (None, None))[:3]
         out[name] = (chunks, opt, sched)

@@ -133,13 +133,33 @@ def batch_to_device(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, 
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def forward_batch(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The one "batch to device, then the GPTModel forward" of every trainer: ``tokens`` and
-    ``position_ids`` in (causal mask built by the model), logits (or the last-stage output) out.
-    Returns ``(output, batch on the model's device)``."""
+def forward_batch(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    *,
+    prefix: str = "",
+    inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The one "batch to device, then the GPTModel forward" of every trainer and check.
+
+    By default ``{prefix}tokens`` and ``{prefix}position_ids`` go in (the causal mask is built by
+    the model); ``inputs(batch on device) -> GPTModel kwargs`` replaces that (packed rows: a
+    block-causal mask or THD ``packed_seq_params``). Returns ``(output, batch on the model's
+    device)``; the output is the logits on the last pipeline stage, the hidden states elsewhere.
+    """
     batch = batch_to_device(batch, model)
-    out = model(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
-    return out, batch
+    if inputs is not None:
+        kwargs = inputs(batch)
+    else:
+        kwargs = {
+            "input_ids": batch[f"{prefix}tokens"],
+            "position_ids": batch[f"{prefix}position_ids"],
+            "attention_mask": None,
+        }
+    return model(**kwargs), batch
+
+
+Forward = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
 
 def forward_only_collect(
@@ -147,13 +167,20 @@ def forward_only_collect(
     micro_batches: list[dict[str, Any]],
     fn: Callable[[torch.Tensor, dict[str, Any]], dict[str, torch.Tensor]],
     micro_batch_size: int,
+    *,
+    forward: Forward = forward_batch,
 ) -> dict[str, torch.Tensor] | None:
-    """Forward-only pass over ``micro_batches``: ``fn(output, batch) -> {name: tensor [b, ...]}``
-    runs on the last pipeline stage; the concatenated tensors are returned on every rank of the
-    pipeline (broadcast from the last stage), on CPU."""
+    """The one forward-only pass that collects results across pipeline stages.
+
+    ``forward(model, batch) -> (output, batch on device)`` runs on every stage (default
+    :func:`forward_batch`); ``fn(output, batch) -> {name: tensor [b, ...]}`` runs on the last
+    stage. The tensors, concatenated over micro-batches, are returned on CPU on every rank of the
+    pipeline (broadcast from the last stage); ``None`` when there are no micro-batches.
+    ``micro_batch_size`` is the batch rows of the activation a stage sends.
+    """
 
     def step(data_iterator, model):
-        out, batch = forward_batch(model, next(data_iterator))
+        out, batch = forward(model, next(data_iterator))
 
         def loss_func(output):
             detached = {k: v.detach().cpu() for k, v in fn(output, batch).items()}
@@ -161,20 +188,25 @@ def forward_only_collect(
 
         return out, loss_func
 
+    if not micro_batches:
+        return None
+    modes = [chunk.training for chunk in model_chunks]
     for chunk in model_chunks:
         chunk.eval()
-    with torch.no_grad():
-        outs = forward_backward(
-            step,
-            iter(micro_batches),
-            model_chunks,
-            num_microbatches=len(micro_batches),
-            seq_length=micro_batches[0]["tokens"].shape[1],
-            micro_batch_size=micro_batch_size,
-            forward_only=True,
-        )
-    for chunk in model_chunks:
-        chunk.train()
+    try:
+        with torch.no_grad():
+            outs = forward_backward(
+                step,
+                iter(micro_batches),
+                model_chunks,
+                num_microbatches=len(micro_batches),
+                seq_length=max(int(v.shape[-1]) for k, v in micro_batches[0].items() if k.endswith("tokens")),
+                micro_batch_size=micro_batch_size,
+                forward_only=True,
+            )
+    finally:
+        for chunk, mode in zip(model_chunks, modes):
+            chunk.train(mode)
     result = {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if outs else None
     holder = [result]
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:

@@ -120,46 +120,29 @@ class LearnerRefit:
             self.group = None
 
 
-@torch.no_grad()
 def learner_sequence_logprobs(
     model_chunks: list[torch.nn.Module], cfg: ModelConfig, sequences: Sequence[Sequence[int]]
-) -> list[torch.Tensor] | None:
+) -> list[torch.Tensor]:
     """``out[s][i]`` = log p(token ``i+1`` | tokens ``0..i``) under the Megatron model, in fp32.
 
     Collective over all learner ranks (one forward per sequence through the pipeline); the
-    result is returned on last-stage ranks, ``None`` elsewhere.
+    result is returned on every rank.
     """
-    from megatron.core import parallel_state
-
-    from megatron_tulu.engine.train_step import forward_backward
+    from megatron_tulu.engine.train_step import forward_only_collect
     from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
 
-    device = next(iter(local_tensors(model_chunks).values())).device
-    for chunk in model_chunks:
-        chunk.eval()
+    def next_token_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids = batch["tokens"]
+        return {"logps": vocab_parallel_log_probs(logits.float()[:, :-1], ids[:, 1:], cfg.vocab_size)}
+
     out = []
     for seq in sequences:
-        ids = torch.tensor([list(seq)], dtype=torch.long, device=device)
-        pos = torch.arange(ids.shape[1], device=device).unsqueeze(0)
-
-        def step(it, model):
-            batch = next(it)
-            return model(input_ids=batch[0], position_ids=batch[1], attention_mask=None), None
-
-        res = forward_backward(
-            step,
-            iter([(ids, pos)]),
-            model_chunks,
-            num_microbatches=1,
-            seq_length=ids.shape[1],
-            micro_batch_size=1,
-            forward_only=True,
+        ids = torch.tensor([list(seq)], dtype=torch.long)
+        batch = {"tokens": ids, "position_ids": torch.arange(ids.shape[1]).unsqueeze(0)}
+        out.append(
+            forward_only_collect(model_chunks, [batch], next_token_logps, micro_batch_size=1)["logps"][0]
         )
-        if parallel_state.is_pipeline_last_stage():
-            logits = res[0].float()
-            lp = vocab_parallel_log_probs(logits[:, :-1], ids[:, 1:], cfg.vocab_size)
-            out.append(lp[0].cpu())
-    return out if parallel_state.is_pipeline_last_stage() else None
+    return out
 
 
 def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:

@@ -6,9 +6,10 @@ import torch
 
 from megatron_tulu.algorithms.dpo import (
     EMBEDDED_DPO,
+    forward_pairs,
     make_batch_builder,
     make_forward_step,
-    make_reference_step,
+    reference_stats,
 )
 from megatron_tulu.algorithms.ref_cache import compute_reference_logps
 from megatron_tulu.config.load import load_config
@@ -50,8 +51,9 @@ def main() -> None:
         chunks,
         len(pairs),
         make_batch_builder(pairs, args.mode, 1, fixed, None),
-        make_reference_step(model_cfg.vocab_size, args.mode),
         args.micro_batch,
+        forward=forward_pairs(args.mode),
+        sequence_stats=reference_stats(model_cfg.vocab_size, args.mode),
         rows_per_pair=2 if args.mode == "concatenated" else 1,
     )
     # perturb the reference so the loss is not at its trivial starting point (policy == reference)

@@ -91,7 +91,7 @@ def main() -> None:
         stats = [r.send(chunks, bucket_bytes=args.bucket_bytes, checksums=round_ == 0) for r in refits]
         lps = learner_sequence_logprobs(chunks, cfg, sequences)
         entry = {"send": stats}
-        if lps is not None and parallel_state.get_tensor_model_parallel_rank() == 0:
+        if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
             entry["logprobs"] = [x.tolist() for x in lps]
         record["rounds"].append(entry)
     for r in refits:
