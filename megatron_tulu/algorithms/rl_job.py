@@ -80,6 +80,7 @@ class RLJob:
             memory_fraction=ro.gpu_memory_utilization,
             max_model_len=ro.max_prompt_len + ro.max_new_tokens + 8,
             enforce_eager=ro.enforce_eager,
+            logprobs_mode="processed_logprobs" if cfg.rlvr.tis_cap is not None else "raw_logprobs",
         )
 
     def refit_address(self) -> tuple[str, int]:

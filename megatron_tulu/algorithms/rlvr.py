@@ -63,13 +63,20 @@ from megatron_tulu.engine.train_step import (
     train_step,
 )
 from megatron_tulu.losses.ppo import (
+    aggregate_loss,
     get_advantage_estimator,
     kl_penalty,
     masked_mean,
-    masked_sum_and_count,
     policy_loss,
-    token_rewards,
     value_loss,
+)
+from megatron_tulu.losses.rl_options import (
+    k3_kl_loss,
+    mask_truncated,
+    nonconstant_group_mask,
+    place_scores,
+    token_rewards_placed,
+    truncated_importance_weights,
 )
 from megatron_tulu.losses.vocab_parallel import vocab_parallel_entropy, vocab_parallel_log_probs
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
@@ -292,14 +299,16 @@ class PolicyActor:
             self.cfg.train.micro_batch_size,
         )
 
-        check = self.cfg.rollout.check_logprobs
+        # the engine reports raw (temperature 1) log-probs, unless TIS asked for the sampled
+        # distribution's (then they compare with ``logp`` itself)
+        raw = self.cfg.rollout.check_logprobs and self.cfg.rlvr.tis_cap is None
 
         def policy_fn(out, b):
             res = {
                 "logp": vocab_parallel_log_probs(out, b["labels"], vocab, temp),
                 "entropy": vocab_parallel_entropy(out, vocab, temp),
             }
-            if check:  # the engine reports raw (temperature 1) log-probs
+            if raw:
                 res["logp_raw"] = vocab_parallel_log_probs(out, b["labels"], vocab, 1.0)
             return res
 
@@ -313,25 +322,42 @@ class PolicyActor:
         return {**old, "ref_logp": ref["logp"]}
 
     def update(self, micro: list[dict[str, torch.Tensor]], seq: int) -> dict[str, float]:
+        """One optimizer step of the clipped surrogate on ``loss_mask`` (the response tokens the
+        RL options keep), TIS-weighted when ``tis_weight`` is in the batch, aggregated by
+        ``rlvr.loss_aggregation``, plus ``β·KL`` when the KL is a loss term."""
         rl, vocab, temp = self.cfg.rlvr, self.cfg.model.vocab_size, self.cfg.rollout.temperature
-        kl_loss_kind = kl_kind_of(rl) if rl.estimator == "grpo" else None
+        kl_loss_kind = kl_kind_of(rl) if kl_placement_of(rl) == "loss" else None
+        constant = loss_constant_of(self.cfg)
 
         def step(data_iterator, model):
             out, batch = forward_batch(model, next(data_iterator))
 
             def loss_func(output):
                 logp = vocab_parallel_log_probs(output, batch["labels"], vocab, temp)
+                mask = batch["loss_mask"]
                 loss, m = policy_loss(
-                    logp, batch["old_logp"], batch["advantages"], batch["mask"], rl.clip_eps
+                    logp,
+                    batch["old_logp"],
+                    batch["advantages"],
+                    mask,
+                    rl.clip_eps,
+                    clip_eps_high=rl.clip_eps_high,
+                    weights=batch.get("tis_weight"),
+                    aggregation=rl.loss_aggregation,
+                    constant=constant,
                 )
                 total = loss.loss_sum
-                if kl_loss_kind is not None:  # GRPO keeps the policy near the reference with a KL loss
-                    kl = masked_sum_and_count(
-                        kl_penalty(logp, batch["ref_logp"], kl_loss_kind), batch["mask"]
+                if kl_loss_kind is not None:  # the KL keeps the policy near the reference as a loss term
+                    kl_numerator, _ = aggregate_loss(
+                        kl_loss_per_token(logp, batch["ref_logp"], mask, kl_loss_kind),
+                        mask,
+                        rl.loss_aggregation,
+                        constant,
                     )
-                    total = total + rl.beta * kl.loss_sum
-                n = loss.num_tokens.to(torch.int)
-                metrics = {f"policy/{k}": _mean_metric(v, n) for k, v in m.items()}
+                    total = total + rl.beta * kl_numerator
+                n = loss.num_tokens.round().to(torch.int)  # tokens, sequences or sequences x constant
+                tokens = mask.sum().to(torch.int)
+                metrics = {f"policy/{k}": _mean_metric(v, tokens) for k, v in m.items()}
                 metrics["policy/loss"] = torch.stack([loss.loss_sum.detach().float(), n.float()])
                 return total, n, metrics
 
@@ -364,7 +390,7 @@ class ValueCritic:
             def loss_func(output):
                 values = output.squeeze(-1).float()
                 loss, m = value_loss(
-                    values, batch["old_values"], batch["returns"], batch["mask"], rl.value_clip
+                    values, batch["old_values"], batch["returns"], batch["gae_mask"], rl.value_clip
                 )
                 n = loss.num_tokens.to(torch.int)
                 metrics = {f"value/{k}": _mean_metric(v, n) for k, v in m.items()}
@@ -402,9 +428,33 @@ def scoring_options(rl) -> dict[str, Any]:
 
 
 def kl_kind_of(rl) -> str:
-    """``rlvr.kl_kind``, or by estimator when unset: k1 in PPO's reward penalty (Tülu 3), k3 in
-    GRPO's KL loss (DeepSeekMath)."""
-    return rl.kl_kind or ("k3" if rl.estimator == "grpo" else "k1")
+    """``rlvr.kl_kind``, or by where the KL goes when unset: k1 in a reward penalty (Tülu 3's PPO),
+    k3 in a KL loss (DeepSeekMath's GRPO)."""
+    return rl.kl_kind or ("k3" if kl_placement_of(rl) == "loss" else "k1")
+
+
+def kl_placement_of(rl) -> str:
+    """``rlvr.kl_placement``, or by estimator when unset: the reward for gae, the loss for grpo
+    (GRPO's advantages come from the scores alone, so a reward penalty would not reach them)."""
+    return rl.kl_placement or ("loss" if rl.estimator == "grpo" else "reward")
+
+
+def loss_constant_of(cfg: RLVRRunConfig) -> int | None:
+    """The denominator's per-sequence constant of ``loss_aggregation=constant`` (default: the
+    generation budget, as Dr. GRPO)."""
+    if cfg.rlvr.loss_aggregation != "constant":
+        return None
+    return cfg.rlvr.loss_constant or cfg.rollout.max_new_tokens
+
+
+def kl_loss_per_token(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """The per-token KL loss term: k3 clamped (:func:`k3_kl_loss`, verl's low_var_kl), else the
+    plain estimator."""
+    if kind == "k3":
+        return k3_kl_loss(logp, ref_logp, mask)
+    return kl_penalty(logp, ref_logp.detach(), kind) * mask
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -476,44 +526,79 @@ def log_probs_and_values(
     micro = split_micro(data, range(len(mine)), cfg.train.micro_batch_size)
     lp = actor.log_probs(micro)
     data["old_logp"], data["ref_logp"], data["entropy"] = lp["logp"], lp["ref_logp"], lp["entropy"]
-    if "logp_raw" in lp:
-        data["logp_raw"] = lp["logp_raw"]
+    if ro.check_logprobs:  # the learner's log-probs of the distribution the engine reports
+        data["logp_as_engine"] = lp.get("logp_raw", lp["logp"])
+    # the span GAE and the value loss run on: the response, plus the position after it where the
+    # score is placed there (rlvr.score_placement=after_last, TRL PPOv2 / Tülu 3's script)
+    data["gae_mask"] = place_scores(data["scores"], data["mask"], cfg.rlvr.score_placement)[1]
     if critic is not None:
-        data["old_values"] = critic.values(micro) * data["mask"]
+        data["old_values"] = critic.values(micro) * data["gae_mask"]
     return data
 
 
 def advantages(cfg: RLVRRunConfig, data: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per-token rewards (score at the last token, minus beta*KL for PPO) -> advantages (+ returns),
-    written into ``data``; returns the batch's KL and entropy."""
+    """Per-token rewards -> advantages (+ returns), and the policy loss's mask and weights, written
+    into ``data``; returns the batch's KL, entropy and what the RL options did.
+
+    Rewards: the score at the last token (or after it: ``score_placement``), minus ``β·KL`` when
+    the KL is a reward penalty. ``loss_mask``: the response tokens, less truncated completions
+    (``mask_truncated``) and groups of equal rewards (``drop_constant_groups``). ``tis_weight``:
+    truncated importance weights of the learner's old log-probs against the engine's (``tis_cap``).
+    """
     rl, mask = cfg.rlvr, data["mask"]
+    group = cfg.rollout.samples_per_prompt
     kind = kl_kind_of(rl)
-    penalty = 0.0 if rl.estimator == "grpo" else rl.beta  # GRPO's KL is a loss term instead
-    rewards = token_rewards(data["scores"], data["old_logp"], data["ref_logp"], mask, penalty, kind)
+    penalty = rl.beta if kl_placement_of(rl) == "reward" else 0.0
+    rewards, gae_mask = token_rewards_placed(
+        data["scores"], data["old_logp"], data["ref_logp"], mask, penalty, kind, rl.score_placement
+    )
     adv, returns = get_advantage_estimator(rl.estimator)(
         rewards=rewards,
         values=data.get("old_values"),
         scores=data["scores"],
-        mask=mask,
+        mask=gae_mask,
         gamma=rl.gamma,
         lam=rl.lam,
-        group_size=cfg.rollout.samples_per_prompt,
+        group_size=group,
+        std=rl.grpo_std,
+        whiten_mask=mask,
     )
-    data["advantages"] = adv
+    data["advantages"] = adv * mask  # the policy acts on response tokens only
     if returns is not None:
         data["returns"] = returns
     kl = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"], kind), mask)
-    return {"kl": float(kl), "entropy": float(masked_mean(data["entropy"], mask))}
+    stats = {"kl": float(kl), "entropy": float(masked_mean(data["entropy"], mask))}
+
+    loss_mask = mask
+    if rl.mask_truncated:
+        loss_mask = mask_truncated(loss_mask, data["stopped"])
+        stats["rollout/truncated_share"] = float(1.0 - data["stopped"].float().mean())
+    if rl.drop_constant_groups:
+        varied = nonconstant_group_mask(data["scores"], group)
+        loss_mask = loss_mask * varied.to(loss_mask.dtype).unsqueeze(1)
+        stats["rollout/constant_group_share"] = float(1.0 - varied.float().mean())
+    data["loss_mask"] = loss_mask
+    if rl.tis_cap is not None:
+        if "engine_logp" not in data:
+            raise RuntimeError(
+                "rlvr.tis_cap needs the engine's log-probs of every sampled token; none came back"
+            )
+        weights = truncated_importance_weights(data["old_logp"], data["engine_logp"], loss_mask, rl.tis_cap)
+        data["tis_weight"] = weights
+        stats["policy/tis_weight_mean"] = float(masked_mean(weights, loss_mask))
+        capped = (data["old_logp"] - data["engine_logp"]) >= torch.log(torch.tensor(rl.tis_cap))
+        stats["policy/tis_capped_share"] = float(masked_mean(capped.float(), loss_mask))
+    return stats
 
 
 def engine_logprob_gap(data: dict[str, torch.Tensor]) -> dict[str, float]:
     """Largest and mean |engine log-prob - learner log-prob| over the batch's response tokens (all
     learner ranks). With on-policy batches both sides hold the same weights, so this measures the
     refit and the two implementations (fp32 CPU: ~1e-6); a stale (async) batch adds the update."""
-    if "logp_raw" not in data or "engine_logp" not in data:
+    if "logp_as_engine" not in data or "engine_logp" not in data:
         return {}
     mask = data["mask"]
-    gap = (data["engine_logp"] - data["logp_raw"]).abs() * mask
+    gap = (data["engine_logp"] - data["logp_as_engine"]).abs() * mask
     stats = torch.tensor([float(gap.max()) if gap.numel() else 0.0, float(gap.sum()), float(mask.sum())])
     if dist.is_initialized() and dist.get_world_size() > 1:
         worst = stats[:1].clone()
@@ -584,6 +669,50 @@ def check_rl_config(cfg: RLVRRunConfig) -> None:
         raise ValueError(f"rlvr.gsm8k_rule must be one of {list(RULES)}, got {rl.gsm8k_rule!r}")
     if rl.kl_kind is not None and rl.kl_kind not in ("k1", "k2", "k3"):
         raise ValueError(f"rlvr.kl_kind must be k1, k2, k3 or null, got {rl.kl_kind!r}")
+    check_rl_options(cfg)
+
+
+def check_rl_options(cfg: RLVRRunConfig) -> None:
+    """The RL options (README "RL options"): known values, and only where they can apply."""
+    from megatron_tulu.losses.ppo import GROUP_STDS, LOSS_AGGREGATIONS
+    from megatron_tulu.losses.rl_options import SCORE_PLACEMENTS
+
+    rl, ro = cfg.rlvr, cfg.rollout
+    choices = (
+        ("kl_placement", rl.kl_placement, ("reward", "loss", None)),
+        ("loss_aggregation", rl.loss_aggregation, LOSS_AGGREGATIONS),
+        ("score_placement", rl.score_placement, SCORE_PLACEMENTS),
+        ("grpo_std", rl.grpo_std, GROUP_STDS),
+    )
+    for name, value, allowed in choices:
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else a for a in allowed)
+            raise ValueError(f"rlvr.{name} must be one of {shown}; got {value!r}")
+    if rl.estimator == "grpo" and rl.kl_placement == "reward":
+        raise ValueError(
+            "rlvr.kl_placement=reward cannot apply under rlvr.estimator=grpo (its advantages come from "
+            "the scores alone); use kl_placement=loss (or null)"
+        )
+    if rl.estimator != "gae" and rl.score_placement != "last_token":
+        raise ValueError(
+            "rlvr.score_placement=after_last places the score for GAE; it needs rlvr.estimator=gae"
+        )
+    if rl.estimator != "grpo" and rl.grpo_std != "unbiased":
+        raise ValueError(f"rlvr.grpo_std={rl.grpo_std} applies to rlvr.estimator=grpo only")
+    if rl.clip_eps_high is not None and rl.clip_eps_high < 0:
+        raise ValueError(f"rlvr.clip_eps_high must be >= 0 (or null), got {rl.clip_eps_high}")
+    if not 0 <= rl.clip_eps < 1:
+        raise ValueError(f"rlvr.clip_eps must be in [0, 1), got {rl.clip_eps}")
+    if rl.tis_cap is not None and rl.tis_cap <= 0:
+        raise ValueError(f"rlvr.tis_cap must be > 0 (or null: off), got {rl.tis_cap}")
+    if rl.drop_constant_groups and ro.samples_per_prompt < 2:
+        raise ValueError(
+            "rlvr.drop_constant_groups needs rollout.samples_per_prompt >= 2 (groups of samples)"
+        )
+    if rl.loss_constant is not None and rl.loss_aggregation != "constant":
+        raise ValueError("rlvr.loss_constant applies to rlvr.loss_aggregation=constant only")
+    if rl.loss_constant is not None and rl.loss_constant < 1:
+        raise ValueError(f"rlvr.loss_constant must be a positive number of tokens, got {rl.loss_constant}")
 
 
 def train_rlvr(cfg: RLVRRunConfig) -> dict[str, Any]:
@@ -646,6 +775,12 @@ class RLTrainer(Trainer):
             raise ValueError(
                 f"prompts_per_step*samples_per_prompt={episodes_per_step} must divide by dp*micro_batch*num_mini_batches "
                 f"= {info.dp}*{cfg.train.micro_batch_size}*{rl.num_mini_batches}"
+            )
+        if rl.prompts_per_step % info.dp:
+            # a DP rank's share must hold whole groups of samples (GRPO's advantages, group masks)
+            raise ValueError(
+                f"rlvr.prompts_per_step={rl.prompts_per_step} must divide by the data-parallel size {info.dp}, "
+                "so that each learner replica trains on whole groups of samples"
             )
         self.order = BatchOrder(len(self.prompts), rl.prompts_per_step, cfg.train.seed)
         self.total_steps = max(1, rl.total_episodes // episodes_per_step)

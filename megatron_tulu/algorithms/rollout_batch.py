@@ -54,7 +54,17 @@ def build_rollout_tensors(
         mask[i, p - 1 : p - 1 + len(s.response_ids)] = 1.0
     position_ids = torch.arange(length).unsqueeze(0).expand(b, -1).contiguous()
     scores = torch.tensor([s.score for s in samples], dtype=torch.float32)
-    out = {"tokens": tokens, "labels": labels, "mask": mask, "position_ids": position_ids, "scores": scores}
+    stopped = torch.tensor(
+        [s.finish_reason == "stop" for s in samples], dtype=torch.bool
+    )  # not cut at the limit
+    out = {
+        "tokens": tokens,
+        "labels": labels,
+        "mask": mask,
+        "position_ids": position_ids,
+        "scores": scores,
+        "stopped": stopped,
+    }
     if samples and all(len(s.engine_logprobs) == len(s.response_ids) for s in samples):
         # aligned with ``mask``: the engine's log-prob of the token each position predicts
         engine_logp = torch.zeros((b, length), dtype=torch.float32)

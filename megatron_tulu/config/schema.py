@@ -193,6 +193,10 @@ class RolloutConfig:
     max_prompt_len: int = 512
     samples_per_prompt: int = 1  # >1 for GRPO groups
     refit_bucket_mb: int = 64
+    # the engines' weights: auto (the learner's dtype) | fp8_block (e4m3, 128x128 blocks with fp32
+    # scales, as vLLM's fp8 method with weight_block_size [128, 128] loads; the bridge quantizes each
+    # slice as it sends it). Pair fp8_block with rlvr.tis_cap (rollout/learner mismatch)
+    weight_dtype: str = "auto"
     refit_timeout_s: float = 300.0  # also how long a silent rank (killed, hung) may go unnoticed
     # compare the engine's log-probs of every sampled token with the learner's (one more
     # log-softmax per batch): rollout/engine_logprob_gap_max|mean in the metrics
@@ -210,8 +214,29 @@ class RLVROptions:
     no_eos_penalty: float = -10.0
     gamma: float = 1.0
     lam: float = 0.95
-    clip_eps: float = 0.2
+    clip_eps: float = 0.2  # PPO clip ε (the lower bound 1 − ε; also the upper one unless clip_eps_high)
     value_clip: float = 0.2
+    # --- RL options (README "RL options": defaults are Tülu 3's, sources there and in losses/rl_options.py)
+    # upper clip bound 1 + ε_high; null: clip_eps. DAPO's clip-higher uses 0.28 (arXiv 2503.14476 §3.1)
+    clip_eps_high: float | None = None
+    # truncated importance sampling against the engine's log-probs: weight min(π_learner/π_vllm, cap)
+    # per token (Yao et al. 2025; verl tis_imp_ratio_cap, e.g. 2.0); null: off
+    tis_cap: float | None = None
+    # reward: −β·KL in the per-token rewards (Tülu 3's PPO); loss: β·KL added to the policy loss
+    # (GRPO, DeepSeekMath Eq. 4; k3 is clamped as verl's low_var_kl); null: reward for gae, loss for grpo
+    kl_placement: str | None = None
+    drop_constant_groups: bool = False  # groups whose rewards are all equal leave the loss (DAPO §3.2)
+    mask_truncated: bool = False  # completions cut at max_new_tokens leave the policy loss (DAPO §3.4)
+    # token: Σ loss / tokens (Tülu 3); sequence: mean of per-sequence token-means (GRPO paper);
+    # constant: Σ loss / (sequences × loss_constant) (Dr. GRPO, arXiv 2503.20783)
+    loss_aggregation: str = "token"
+    loss_constant: int | None = None  # for loss_aggregation=constant; null: rollout.max_new_tokens
+    # last_token: the score at the last response token; after_last: one position after it, with the
+    # value bootstrapped there (Tülu 3's own script, from TRL's PPOv2). gae only
+    score_placement: str = "last_token"
+    grpo_std: str = (
+        "unbiased"  # unbiased (Bessel: open-instruct, TRL) | population (np.std) | none (Dr. GRPO)
+    )
     vf_coef: float = 0.1
     ppo_epochs: int = 4  # K update iterations per batch
     num_mini_batches: int = 1

@@ -23,7 +23,7 @@ Advantage estimators (:data:`ADVANTAGE_ESTIMATORS`) share one keyword-only signa
 ``rewards`` are per-token rewards (:func:`token_rewards`), ``values`` the rollout values
 (None for critic-free estimators), ``scores [b]`` the per-sample verifier rewards. ``"gae"`` uses
 rewards/values/mask (options ``gamma``, ``lam``, ``whiten``); ``"grpo"`` uses scores/mask
-(options ``group_size`` (required), ``eps``, ``scale_by_std``) and returns no returns (no critic).
+(options ``group_size`` (required), ``eps``, ``std``) and returns no returns (no critic).
 """
 
 from __future__ import annotations
@@ -171,22 +171,88 @@ def gae(
         return advantages, (advantages + v) * m
 
 
+LOSS_AGGREGATIONS = ("token", "sequence", "constant")
+
+
+def clipped_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Per-token clipped surrogate ``max(−A·ρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high))`` (× ``weights``).
+
+    ``ρ = exp(logp − old_logp)``; 0 off the mask; not reduced (see :func:`aggregate_loss`).
+    ``ε_high > ε_low`` is DAPO's clip-higher; ``weights`` are e.g. truncated importance weights.
+    """
+    if not 0 <= eps_low < 1 or eps_high < 0:
+        raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
+    ratio = torch.exp(logp - old_logp.detach())
+    adv = advantages.detach()
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high))
+    if weights is not None:
+        loss = loss * weights.detach()
+    return loss * _fmask(mask, loss)
+
+
+def aggregate_loss(
+    per_token: Tensor, mask: Tensor, mode: str = "token", constant: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(numerator, denominator)`` of the batch loss (Megatron's per-token contract: sum both over
+    micro-batches and ranks, divide once).
+
+    * ``"token"``: (Σ loss over valid tokens, number of valid tokens) — Tülu 3, DAPO §3.3.
+    * ``"sequence"``: (Σ over rows with a token of their token-mean, number of such rows) — the
+      original GRPO / per-sample PPO form.
+    * ``"constant"``: (Σ loss, rows × ``constant``), e.g. ``constant`` = the generation budget —
+      Dr. GRPO (Liu et al. 2025, arXiv 2503.20783), without the length bias.
+    """
+    m = _fmask(mask, per_token)
+    total = (per_token * m).sum()
+    if mode == "token":
+        return total, m.sum()
+    counts = m.sum(dim=1)
+    has_tokens = counts > 0
+    if mode == "sequence":
+        per_row = (per_token * m).sum(dim=1) / counts.clamp(min=1)
+        return per_row[has_tokens].sum(), has_tokens.sum().to(per_token.dtype)
+    if mode == "constant":
+        if constant is None or constant <= 0:
+            raise ValueError(f"mode 'constant' needs a positive constant, got {constant}")
+        return total, torch.tensor(per_token.shape[0] * float(constant), dtype=per_token.dtype)
+    raise ValueError(f"unknown loss aggregation {mode!r}; expected one of {LOSS_AGGREGATIONS}")
+
+
 def policy_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    *,
+    clip_eps_high: float | None = None,
+    weights: Tensor | None = None,
+    aggregation: str = "token",
+    constant: float | None = None,
 ) -> tuple[MaskedLoss, dict[str, Tensor]]:
-    """PPO clipped surrogate, per token ``max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))``, ``ρ = exp(logp − old)``.
+    """PPO clipped surrogate (:func:`clipped_policy_loss`; ``clip_eps_high`` defaults to
+    ``clip_eps``), aggregated by :func:`aggregate_loss` into ``MaskedLoss(numerator, denominator)``.
 
     Metrics (token-means over valid tokens, no gradient): ``clip_fraction`` (tokens where the
     clipped term is strictly larger, i.e. the gradient is cut), ``approx_kl`` = mean of
     ``½·(logp − old)²`` (the estimator TRL and open-instruct log), ``ratio_mean``.
     """
-    log_ratio = logp - old_logp.detach()
-    ratio = torch.exp(log_ratio)
-    adv = advantages.detach()
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_sum_and_count(torch.maximum(unclipped, clipped), mask)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    per_token = clipped_policy_loss(logp, old_logp, advantages, mask, clip_eps, high, weights)
+    loss = MaskedLoss(*aggregate_loss(per_token, mask, aggregation, constant))
     with torch.no_grad():
+        log_ratio = logp - old_logp
+        ratio = torch.exp(log_ratio)
+        unclipped = -advantages * ratio
+        clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + high)
         metrics = {
             "clip_fraction": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
             "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
@@ -224,22 +290,31 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     return torch.where(var_returns > 0, 1.0 - ratio, torch.full_like(ratio, float("nan")))
 
 
-def grpo_advantages(scores: Tensor, group_size: int, eps: float = 1e-6, scale_by_std: bool = True) -> Tensor:
+GROUP_STDS = ("unbiased", "population", "none")
+
+
+def grpo_advantages(scores: Tensor, group_size: int, eps: float = 1e-6, std: str = "unbiased") -> Tensor:
     """Group-normalised advantages ``[N·G]`` (GRPO, Shao et al. 2024, arXiv 2402.03300).
 
-    ``scores`` holds ``G = group_size`` consecutive samples per prompt. ``A_i = s_i − mean_g``,
-    divided by ``std_g + eps`` when ``scale_by_std`` (unbiased std, as ``torch.std``; a group of
-    one sample has std 0). Groups with identical scores get exactly 0.
+    ``scores`` holds ``G = group_size`` consecutive samples per prompt. ``A_i = (s_i − mean_g) /
+    (std_g + eps)`` with ``std`` ``"unbiased"`` (Bessel, n − 1: ``torch.std``, as open-instruct
+    and TRL), ``"population"`` (n, as ``np.std``) or ``"none"`` (centred only: Dr. GRPO). A group
+    of one sample has std 0; groups with identical scores get exactly 0.
     """
+    if std not in GROUP_STDS:
+        raise ValueError(f"unknown group std {std!r}; expected one of {GROUP_STDS}")
     if group_size < 1 or scores.numel() % group_size:
         raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
     with torch.no_grad():
         grouped = scores.reshape(-1, group_size).to(torch.promote_types(scores.dtype, torch.float32))
         centered = grouped - grouped.mean(dim=1, keepdim=True)
-        if scale_by_std:
-            std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centered)
-            centered = centered / (std + eps)
-        return centered.reshape(-1)
+        if std == "none":
+            return centered.reshape(-1)
+        if group_size == 1:
+            spread = torch.zeros_like(centered)
+        else:
+            spread = grouped.std(dim=1, keepdim=True, correction=1 if std == "unbiased" else 0)
+        return (centered / (spread + eps)).reshape(-1)
 
 
 def broadcast_to_tokens(per_sample: Tensor, mask: Tensor) -> Tensor:
@@ -259,14 +334,17 @@ def gae_estimator(
     gamma: float = 1.0,
     lam: float = 0.95,
     whiten: bool = True,
+    whiten_mask: Tensor | None = None,
     **_: object,
 ) -> tuple[Tensor, Tensor]:
-    """GAE; returns come from the raw advantages, advantages are then whitened (Tülu 3)."""
+    """GAE over ``mask``; returns come from the raw advantages, advantages are then whitened
+    (Tülu 3) over ``whiten_mask`` (default ``mask``; TRL's PPOv2 runs GAE one position past the
+    response but whitens over the response alone)."""
     if values is None:
         raise ValueError("the gae estimator needs values from a value model")
     advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
     if whiten:
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask if whiten_mask is None else whiten_mask)
     return advantages, returns
 
 
@@ -278,11 +356,11 @@ def grpo_estimator(
     mask: Tensor,
     group_size: int,
     eps: float = 1e-6,
-    scale_by_std: bool = True,
+    std: str = "unbiased",
     **_: object,
 ) -> tuple[Tensor, None]:
     """GRPO: group-normalised scores broadcast to every valid token; no value model, no returns."""
-    return broadcast_to_tokens(grpo_advantages(scores, group_size, eps, scale_by_std), mask), None
+    return broadcast_to_tokens(grpo_advantages(scores, group_size, eps, std), mask), None
 
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {"gae": gae_estimator, "grpo": grpo_estimator}

@@ -45,6 +45,9 @@ class EngineOptions:
     memory_fraction: float
     max_model_len: int
     enforce_eager: bool = True
+    # raw_logprobs: the model's distribution (temperature 1); processed_logprobs: the distribution
+    # sampled from (after temperature / top-p), which importance sampling against the engine needs
+    logprobs_mode: str = "raw_logprobs"
 
     def kwargs(self) -> dict[str, Any]:
         return dict(
@@ -54,6 +57,7 @@ class EngineOptions:
             memory_fraction=self.memory_fraction,
             max_model_len=self.max_model_len,
             enforce_eager=self.enforce_eager,
+            logprobs_mode=self.logprobs_mode,
         )
 
 

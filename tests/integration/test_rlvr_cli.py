@@ -143,3 +143,63 @@ def test_grpo_estimator_trains(setup, tmp_path):
     for row in steps:
         assert "policy/loss" in row and "kl" in row and "time/update" in row
         assert not any(key.startswith("value/") for key in row)  # no critic under GRPO
+
+
+RL_OPTION_RUNS = {
+    # Tülu 3's own PPO script's score placement, with the corrections open-instruct / verl add
+    "ppo": [
+        "rlvr.score_placement=after_last",
+        "rlvr.tis_cap=2.0",
+        "rlvr.clip_eps_high=0.28",
+        "rlvr.kl_placement=loss",
+        "rlvr.loss_aggregation=constant",
+        "rlvr.mask_truncated=true",
+        "rollout.check_logprobs=true",
+    ],
+    # DAPO / Dr. GRPO choices on the critic-free estimator
+    "grpo": [
+        "rlvr.estimator=grpo",
+        "rollout.samples_per_prompt=2",
+        "rlvr.prompts_per_step=4",
+        "rlvr.drop_constant_groups=true",
+        "rlvr.grpo_std=population",
+        "rlvr.loss_aggregation=sequence",
+        "rlvr.clip_eps_high=0.28",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "ppo",
+        pytest.param(
+            "grpo",
+            marks=pytest.mark.skipif(
+                not os.environ.get("MEGATRON_TULU_FULL_RL_OPTIONS"),
+                reason="full set only (MEGATRON_TULU_FULL_RL_OPTIONS=1): CI time budget",
+            ),
+        ),
+    ],
+)
+def test_rl_options_train(setup, tmp_path, variant):
+    """The RL options (README "RL options") switched on together train for 2 steps, and report
+    what they did."""
+    out = tmp_path / variant
+    assert _rlvr(setup, out, "rlvr.total_episodes=16", *RL_OPTION_RUNS[variant]) == 0, (
+        tmp_path / f"{variant}.log"
+    ).read_text()[-3000:]
+    steps = [r for r in _rows(out) if r["step"] > 0]
+    assert len(steps) == 2
+    for row in steps:
+        assert all(v == v for v in row.values() if isinstance(v, float)), row  # no NaN
+        assert "policy/loss" in row and "kl" in row
+        if variant == "ppo":
+            assert "rollout/truncated_share" in row and "value/loss" in row
+            # on-policy, the engine's (processed, temperature-0.7) log-probs are the learner's:
+            # the importance weights are 1 and the gap is float noise
+            assert row["rollout/engine_logprob_gap_max"] < 1e-4, row
+            assert abs(row["policy/tis_weight_mean"] - 1.0) < 1e-4 and row["policy/tis_capped_share"] == 0.0
+        else:
+            assert 0.0 <= row["rollout/constant_group_share"] <= 1.0
+            assert not any(key.startswith("value/") for key in row)

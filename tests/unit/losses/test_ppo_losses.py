@@ -258,7 +258,7 @@ def test_grpo_group_normalization():
     std = math.sqrt(4 * 0.25 / 3)  # unbiased std of (1, 0, 0, 1)
     a = 0.5 / (std + 1e-6)
     close(adv, [a, -a, -a, a, 0.0, 0.0, 0.0, 0.0])  # identical scores: exactly 0, no NaN
-    close(grpo_advantages(scores, group_size=4, scale_by_std=False), [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0])
+    close(grpo_advantages(scores, group_size=4, std="none"), [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0])
     close(grpo_advantages(t(3.0, -1.0), group_size=1), [0.0, 0.0])
     with pytest.raises(ValueError, match="groups of 3"):
         grpo_advantages(scores, group_size=3)

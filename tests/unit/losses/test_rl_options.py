@@ -1,4 +1,5 @@
-"""RL options (pure functions, not wired into the trainer) against hand-computed values."""
+"""RL options (pure loss-side functions; the trainer wiring is tested in test_rl_wiring.py) against
+hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,11 +8,8 @@ import math
 import pytest
 import torch
 
-from megatron_tulu.losses.ppo import gae
+from megatron_tulu.losses.ppo import aggregate_loss, clipped_policy_loss, gae, grpo_advantages
 from megatron_tulu.losses.rl_options import (
-    aggregate_loss,
-    clipped_policy_loss,
-    group_advantages,
     k3_kl_loss,
     mask_truncated,
     nonconstant_group_mask,
@@ -133,12 +131,12 @@ def test_token_rewards_placed_includes_kl():
 def test_group_std_with_and_without_bessel():
     scores = t([0.0, 0.0, 1.0, 1.0])
     # mean 0.5; deviations ±0.5; population std 0.5; unbiased std sqrt(1/3)
-    unbiased = group_advantages(scores, 4, "unbiased", eps=0.0)
-    population = group_advantages(scores, 4, "population", eps=0.0)
-    centred = group_advantages(scores, 4, "none")
+    unbiased = grpo_advantages(scores, 4, eps=0.0, std="unbiased")
+    population = grpo_advantages(scores, 4, eps=0.0, std="population")
+    centred = grpo_advantages(scores, 4, std="none")
     torch.testing.assert_close(population, t([-1.0, -1.0, 1.0, 1.0]))
     torch.testing.assert_close(unbiased, t([-0.5, -0.5, 0.5, 0.5]) / math.sqrt(1 / 3))
     torch.testing.assert_close(centred, t([-0.5, -0.5, 0.5, 0.5]))
-    torch.testing.assert_close(group_advantages(t([3.0]), 1), t([0.0]))
+    torch.testing.assert_close(grpo_advantages(t([3.0]), 1), t([0.0]))
     with pytest.raises(ValueError):
-        group_advantages(scores, 4, "sample")
+        grpo_advantages(scores, 4, std="sample")
