@@ -53,6 +53,7 @@ from megatron_tulu.config.validate import validate_layout
 from megatron_tulu.data.mixing import apply_dataset_weights
 from megatron_tulu.data.rlvr_prompts import load_rlvr_prompts
 from megatron_tulu.data.tokenizer import load_tokenizer
+from megatron_tulu.engine.faults import crash_point
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
 from megatron_tulu.engine.parallel import init_parallel
@@ -246,12 +247,14 @@ class Refitter:
             join_learner()
         self.bucket = ro.refit_bucket_mb << 20
 
-    def refit(self, chunks) -> dict[str, float]:
+    def refit(self, chunks, step: int | None = None) -> dict[str, float]:
         """Returns ``refit_bytes_over_shard_max`` (the largest bytes received / planned shard bytes
-        over every engine rank; 1.00 is shard-exact) on the driver, {} elsewhere."""
+        over every engine rank; 1.00 is shard-exact) on the driver, {} elsewhere. ``step``: the
+        update the weights include (fault injection aims at it)."""
         timeout = self.cfg.rollout.refit_timeout_s
 
         def send() -> None:
+            crash_point("kill_in_refit", step)
             self.learner.send(chunks, bucket_bytes=self.bucket, timeout_s=timeout)
 
         if self.fleet is None:
@@ -600,12 +603,7 @@ def engine_logprob_gap(data: dict[str, torch.Tensor]) -> dict[str, float]:
     mask = data["mask"]
     gap = (data["engine_logp"] - data["logp_as_engine"]).abs() * mask
     stats = torch.tensor([float(gap.max()) if gap.numel() else 0.0, float(gap.sum()), float(mask.sum())])
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        worst = stats[:1].clone()
-        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-        sums = stats[1:].clone()
-        dist.all_reduce(sums)
-        stats = torch.cat([worst, sums])
+    stats = torch.cat([_all_reduce(stats[:1], dist.ReduceOp.MAX), _all_reduce(stats[1:])])
     return {
         "rollout/engine_logprob_gap_max": float(stats[0]),
         "rollout/engine_logprob_gap_mean": float(stats[1] / stats[2].clamp(min=1)),
@@ -616,6 +614,21 @@ def prepare_batch(cfg, samples, actor: PolicyActor, critic: ValueCritic | None, 
     """Log-probs, values and advantages of a batch (the two phases before the update)."""
     data = log_probs_and_values(cfg, samples, actor, critic, pad_id, info)
     return data, advantages(cfg, data)
+
+
+def _all_reduce(values: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """All-reduce over the learner ranks (the default group); NCCL reduces device tensors only."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    reduced = values.to(device) if device is not None else values.clone()
+    dist.all_reduce(reduced, op=op)
+    return reduced.cpu()
+
+
+def _tokens_everywhere(mask: torch.Tensor) -> float:
+    """Sum of ``mask`` over every learner rank (each holds its share of the batch)."""
+    return float(_all_reduce(mask.sum().reshape(1).double()))
 
 
 def ppo_updates(cfg, data, actor: PolicyActor, critic: ValueCritic | None, step: int) -> dict[str, float]:
@@ -630,9 +643,17 @@ def ppo_updates(cfg, data, actor: PolicyActor, critic: ValueCritic | None, step:
             n, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + step * 10 + epoch)
         ).tolist()
         for k in range(rl.num_mini_batches):
-            micro = split_micro(data, perm[k * per_mini : (k + 1) * per_mini], mbs)
-            for key, v in actor.update(micro, seq).items():
-                totals[key].append(v)
+            rows = perm[k * per_mini : (k + 1) * per_mini]
+            micro = split_micro(data, rows, mbs)
+            # the RL options' masks can leave a mini-batch without a token to train on (every group
+            # constant, every completion truncated): a zero denominator would turn the gradient
+            # into NaN, so that policy update is skipped (and counted)
+            if _tokens_everywhere(data["loss_mask"][rows]) > 0:
+                for key, v in actor.update(micro, seq).items():
+                    totals[key].append(v)
+                totals["policy/skipped_updates"].append(0.0)
+            else:
+                totals["policy/skipped_updates"].append(1.0)
             if critic is not None:
                 for key, v in critic.update(micro, seq).items():
                     totals[key].append(v)
@@ -915,7 +936,7 @@ class RLTrainer(Trainer):
         with phases("generate_wait"):  # the next batch must not see the weights change mid-way
             self.queue.wait_idle()
         with phases("refit"):
-            refit_stats = self.refitter.refit(self.actor.chunks)
+            refit_stats = self.refitter.refit(self.actor.chunks, step + 1)
         if step + 1 + lag < total:
             self.start_batch(step + 1 + lag, version=step + 1)
         row = {

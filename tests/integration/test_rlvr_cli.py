@@ -193,7 +193,9 @@ def test_rl_options_train(setup, tmp_path, variant):
     assert len(steps) == 2
     for row in steps:
         assert all(v == v for v in row.values() if isinstance(v, float)), row  # no NaN
-        assert "policy/loss" in row and "kl" in row
+        assert "kl" in row and "policy/skipped_updates" in row
+        # a mini-batch left without a token by the masks is skipped, not trained on NaN
+        assert "policy/loss" in row or row["policy/skipped_updates"] == 1.0
         if variant == "ppo":
             assert "rollout/truncated_share" in row and "value/loss" in row
             # on-policy, the engine's (processed, temperature-0.7) log-probs are the learner's:

@@ -55,21 +55,34 @@ def straight(tmp_path_factory):
     return args, rows
 
 
-def _kill_mid_run_then_resume(straight, tmp_path, victim: int, role: str):
+def _kill_mid_run_then_resume(straight, tmp_path, victim: int, role: str, fault: str | None = None):
+    """``fault``: the victim kills itself at that crash point (MEGATRON_TULU_FAULT=fault@victim);
+    without one the test SIGKILLs it once steps 0-2 are logged."""
     args, reference = straight
     out = tmp_path / "crashed"
-    job = launch_nodes(out, 2, 2, args)
+    job = launch_nodes(out, 2, 2, args, env={"MEGATRON_TULU_FAULT": f"{fault}@{victim}"} if fault else None)
     deadline = time.monotonic() + 600
-    while len(metrics(out)) < 3:  # steps 0-2 logged: mid-run, between checkpoints 2 and 3
-        assert time.monotonic() < deadline and all(p.poll() is None for p in job.procs), job.log_text()[
-            -5000:
-        ]
+    if fault is None:
+        while len(metrics(out)) < 3:  # steps 0-2 logged: mid-run, between checkpoints 2 and 3
+            assert time.monotonic() < deadline and all(p.poll() is None for p in job.procs), job.log_text()[
+                -5000:
+            ]
+            job.track()
+            time.sleep(0.5)
         job.track()
-        time.sleep(0.5)
-    job.track()
-    pid = job.rank_pid(victim)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+        pid = job.rank_pid(victim)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    else:  # wait for the victim to start, then to be gone
+        seen = False
+        while not any(p.poll() is not None for p in job.procs):
+            assert time.monotonic() < deadline, job.log_text()[-5000:]
+            job.track()
+            alive = job.rank_pid(victim) is not None
+            if seen and not alive:
+                break
+            seen = seen or alive
+            time.sleep(0.2)
     killed_at = time.monotonic()
     codes = job.wait(REFIT_TIMEOUT + 90)
     took = time.monotonic() - killed_at
@@ -96,3 +109,12 @@ def test_kill9_engine_leader_mid_run(straight, tmp_path):
 @pytest.mark.skipif(not os.environ.get("MEGATRON_TULU_FULL_FAULTS"), reason="full fault set only")
 def test_kill9_learner_rank_mid_run(straight, tmp_path):
     _kill_mid_run_then_resume(straight, tmp_path, victim=1, role="learner tp1 pp0 dp0 on node 0")
+
+
+@pytest.mark.skipif(not os.environ.get("MEGATRON_TULU_FULL_FAULTS"), reason="full fault set only")
+def test_learner_killed_in_a_refit(straight, tmp_path):
+    """A learner dies as it starts streaming its shards after update 2: the engines are blocked in
+    the transfer, and the job still ends naming it, leaves nothing behind and resumes exactly."""
+    _kill_mid_run_then_resume(
+        straight, tmp_path, victim=1, role="learner tp1 pp0 dp0 on node 0", fault="kill_in_refit:2"
+    )

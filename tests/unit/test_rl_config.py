@@ -106,3 +106,23 @@ def test_scoring_options_reach_the_verifiers():
         "strip_thinking": True,
         "gsm8k_rule": "tulu3",
     }
+
+
+def test_every_rl_field_is_read_somewhere():
+    """Each field of the RL entry's own sections is read by the package (a field nothing reads
+    would be accepted and silently ignored)."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from megatron_tulu.config.schema import RLVROptions, RolloutConfig
+
+    package = Path(__file__).resolve().parents[2] / "megatron_tulu"
+    source = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "schema.py")
+    unread = [
+        f"{section}.{f.name}"
+        for section, cls in (("rlvr", RLVROptions), ("rollout", RolloutConfig))
+        for f in dataclasses.fields(cls)
+        if not re.search(rf"\.{f.name}\b", source)
+    ]
+    assert not unread, f"config fields nothing reads: {unread}"
