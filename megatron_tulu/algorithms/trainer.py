@@ -6,7 +6,7 @@
         before_steps(start)       print the plan; RL: refit the engines, step-0 evaluation, first batches
         for step in start..total:
             row = run_step(step)  one update (SFT/DPO: one optimizer step; RL: the named phases)
-            log(step + 1, row)    metrics.jsonl, TensorBoard, progress bar
+            log(step + 1, row)    metrics.jsonl, TensorBoard (every train.log_interval steps), progress bar
             checkpoint(step + 1)  every checkpoint.save_interval steps
         checkpoint(total)         the final one, always
         return finish(row)        the run summary (HF export, plots)
@@ -121,10 +121,12 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=start, desc=self.name, dynamic_ncols=True)
         interval = self.cfg.checkpoint.save_interval
+        log_every = max(1, self.cfg.train.log_interval)
         last: dict[str, Any] = {}
         for step in range(start, self.total_steps):
             last = self.run_step(step)
-            self.logger.log(step + 1, last)  # before the checkpoint: a resume never lacks a logged step
+            if (step + 1) % log_every == 0 or step + 1 == self.total_steps:
+                self.logger.log(step + 1, last)  # before the checkpoint: a resume never lacks a logged step
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(self.progress(last))

@@ -83,6 +83,14 @@ def test_order_of_a_run(tmp_path):
     assert [r["loss"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
+def test_log_interval_logs_every_nth_step_and_the_last(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.train.log_interval = 2
+    Recording(cfg).run()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 5]
+
+
 def test_resume_runs_only_the_remaining_steps_and_keeps_logged_rows(tmp_path):
     Recording(_cfg(tmp_path)).run()
     t = Recording(_cfg(tmp_path), resume_at=3)
