@@ -586,11 +586,11 @@ def advantages(cfg: RLVRRunConfig, data: dict[str, torch.Tensor]) -> dict[str, f
             raise RuntimeError(
                 "rlvr.tis_cap needs the engine's log-probs of every sampled token; none came back"
             )
-        weights = truncated_importance_weights(data["old_logp"], data["engine_logp"], loss_mask, rl.tis_cap)
+        weights = truncated_importance_weights(data["old_logp"], data["engine_logp"], mask, rl.tis_cap)
         data["tis_weight"] = weights
-        stats["policy/tis_weight_mean"] = float(masked_mean(weights, loss_mask))
+        stats["policy/tis_weight_mean"] = float(masked_mean(weights, mask))
         capped = (data["old_logp"] - data["engine_logp"]) >= torch.log(torch.tensor(rl.tis_cap))
-        stats["policy/tis_capped_share"] = float(masked_mean(capped.float(), loss_mask))
+        stats["policy/tis_capped_share"] = float(masked_mean(capped.float(), mask))
     return stats
 
 
