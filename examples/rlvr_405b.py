@@ -146,7 +146,7 @@ def _stats(values: list[float]) -> tuple[float, float, float]:
 
 
 def refit_report(cfg, roles, args, gpus_per_node: int) -> str:
-    from megatron_tulu.rollout.bridge.layouts import DTYPE_BYTES, EngineLayout, LearnerLayout
+    from megatron_tulu.rollout.bridge.layouts import DTYPE_BYTES, EngineLayout, LearnerLayout, PlanError
     from megatron_tulu.rollout.bridge.planner import (
         naive_broadcast_summary,
         plan_refit,
@@ -205,6 +205,25 @@ def refit_report(cfg, roles, args, gpus_per_node: int) -> str:
         f"  {'predicted seconds':<34}{ours_s:>24.3f}{naive_s:>26.3f}",
         f"  speed-up {naive_s / max(ours_s, 1e-12):.1f}x (wire time only: no latency, congestion or "
         "reload_weights; Tülu 3 reports ~25 s per 405B weight transfer)",
+    ]
+    # the same shard-exact refit into blockwise-FP8 engines (rollout.weight_dtype=fp8_block)
+    try:
+        fp8 = plan_refit(learner, EngineLayout(roles.engine_tp, roles.num_engines, weight_dtype="fp8_block"))
+    except PlanError as exc:
+        lines.append(f"  fp8_block engines: not possible with this layout ({exc})")
+        return "\n".join(lines)
+    fp8_s = seconds(
+        {(src, lw + e * roles.engine_tp + n): b for (src, (e, n)), b in fp8.bytes_per_link().items()}
+    )
+    configured = getattr(cfg.rollout, "weight_dtype", "auto")
+    lines += [
+        f"  {'engine weights (configured: ' + configured + ')':<34}"
+        f"{cfg.precision.params_dtype + ' (auto)':>24}{'fp8_block':>26}",
+        f"  {'GB per receiver max':<34}{max(recv) / 1e9:>24,.2f}{max(fp8.bytes_per_receiver().values()) / 1e9:>26,.2f}",
+        f"  {'received / bf16 shard (max)':<34}{max(plan.bf16_ratio().values()):>24.4f}"
+        f"{max(fp8.bf16_ratio().values()):>26.4f}",
+        f"  {'total GB on the wire':<34}{plan.total_bytes / 1e9:>24,.2f}{fp8.total_bytes / 1e9:>26,.2f}",
+        f"  {'predicted seconds':<34}{ours_s:>24.3f}{fp8_s:>26.3f}",
     ]
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from megatron_tulu.algorithms.roles import RankRole, RoleAssignment, assign_roles
 from megatron_tulu.config.schema import RLVRRunConfig
@@ -75,12 +76,15 @@ class RLJob:
         return EngineOptions(
             model=model,
             tp=ro.engine_tp,
-            dtype=dtype,
+            # vLLM refuses float32 with fp8: FP8 engines compute in bf16 (also on CPU)
+            dtype="bfloat16" if ro.weight_dtype == "fp8_block" else dtype,
             seed=cfg.train.seed,
             memory_fraction=ro.gpu_memory_utilization,
             max_model_len=ro.max_prompt_len + ro.max_new_tokens + 8,
             enforce_eager=ro.enforce_eager,
             logprobs_mode="processed_logprobs" if cfg.rlvr.tis_cap is not None else "raw_logprobs",
+            weight_dtype=ro.weight_dtype,
+            export_dir=str(Path(cfg.train.output_dir) / "engine_weights"),
         )
 
     def refit_address(self) -> tuple[str, int]:
@@ -98,7 +102,7 @@ class RLJob:
         local, service = {}, None
         for p in self.placements:
             if p.leader == self.job.rank:
-                engine = RolloutEngine(options.model, **options.kwargs())
+                engine = RolloutEngine(options.engine_model(self.job.rank), **options.kwargs())
                 if self.is_driver:
                     local[p.index] = engine
                 else:

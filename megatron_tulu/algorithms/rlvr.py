@@ -234,7 +234,7 @@ class Refitter:
 
         self.cfg, self.fleet = cfg, fleet
         ro = cfg.rollout
-        spec = refit_spec_for(chunks, cfg.model, ro.engine_tp, ro.num_engines)
+        spec = refit_spec_for(chunks, cfg.model, ro.engine_tp, ro.num_engines, weight_dtype=ro.weight_dtype)
         host, port = job.refit_address()
         self.learner: LearnerRefit | None = None
 

@@ -95,11 +95,17 @@ def vllm_engine_kwargs(
     enforce_eager: bool = True,
     load_format: str = "auto",
     logprobs_mode: str = "raw_logprobs",
+    weight_dtype: str = "auto",
     **llm_kwargs,
 ) -> dict:
     """vLLM engine arguments of a rollout engine: one definition for the engine's leader
     (:class:`RolloutEngine`) and the headless workers of its other nodes
-    (:func:`run_headless_workers`), which must agree on every field."""
+    (:func:`run_headless_workers`), which must agree on every field.
+
+    ``weight_dtype`` (``rollout.weight_dtype``): ``"fp8_block"`` requires ``model`` to be a
+    blockwise-FP8 checkpoint (:func:`megatron_tulu.models.fp8_export.engine_model_dir`; vLLM reads
+    the quantization from its config) and a 16-bit ``dtype`` (vLLM refuses float32 with fp8)."""
+    _check_weight_dtype(model, weight_dtype, dtype)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not torch.cuda.is_available() and tp > 1:
         os.environ.setdefault(
@@ -137,6 +143,24 @@ def vllm_engine_kwargs(
         os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
     kwargs.update(llm_kwargs)
     return kwargs
+
+
+def _check_weight_dtype(model: str | os.PathLike, weight_dtype: str, dtype: str) -> None:
+    if weight_dtype == "auto":
+        return
+    if weight_dtype != "fp8_block":
+        raise ValueError(f"weight_dtype must be auto or fp8_block, got {weight_dtype!r}")
+    from megatron_tulu.models.fp8_export import is_fp8_block_checkpoint
+
+    if not is_fp8_block_checkpoint(model):
+        raise ValueError(
+            f"weight_dtype=fp8_block: {model} is not a blockwise-FP8 checkpoint; start the engine on "
+            "megatron_tulu.models.fp8_export.engine_model_dir(hf_dir, 'fp8_block')"
+        )
+    if dtype not in ("bfloat16", "float16", "bf16", "fp16", "half"):
+        raise ValueError(
+            f"weight_dtype=fp8_block needs dtype bfloat16 or float16 (vLLM refuses {dtype!r} with fp8)"
+        )
 
 
 def run_headless_workers(model: str | os.PathLike, **engine_kwargs):

@@ -23,6 +23,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from megatron_tulu.engine.job import ControlChannel, lookup, publish, reserve_port
@@ -48,6 +49,10 @@ class EngineOptions:
     # raw_logprobs: the model's distribution (temperature 1); processed_logprobs: the distribution
     # sampled from (after temperature / top-p), which importance sampling against the engine needs
     logprobs_mode: str = "raw_logprobs"
+    # rollout.weight_dtype: "fp8_block" engines start on an offline blockwise-FP8 export of `model`
+    # (written under export_dir, one directory per engine rank), or on `model` if it is one already
+    weight_dtype: str = "auto"
+    export_dir: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
         return dict(
@@ -58,7 +63,21 @@ class EngineOptions:
             max_model_len=self.max_model_len,
             enforce_eager=self.enforce_eager,
             logprobs_mode=self.logprobs_mode,
+            weight_dtype=self.weight_dtype,
         )
+
+    def engine_model(self, rank: int) -> str:
+        """The directory this rank's engine (or headless workers) start from: ``model`` itself, or
+        for fp8_block its FP8 export, written by this process into a rank-private directory under
+        ``export_dir`` (each node needs the files; a pre-exported FP8 ``model`` is used as is)."""
+        from megatron_tulu.models.fp8_export import engine_model_dir
+
+        if self.weight_dtype == "auto":
+            return self.model
+        root = (
+            Path(self.export_dir) if self.export_dir else Path(str(Path(self.model).resolve()) + "-exports")
+        )
+        return str(engine_model_dir(self.model, self.weight_dtype, root / f"{self.weight_dtype}-rank{rank}"))
 
 
 @dataclass(frozen=True)
@@ -179,9 +198,9 @@ def serve_engine_rank(
                     master_port=master_port,
                 )
             if rank == placement.leader:
-                engine = RolloutEngine(options.model, **kwargs)
+                engine = RolloutEngine(options.engine_model(rank), **kwargs)
             else:
-                executor = run_headless_workers(options.model, **kwargs)
+                executor = run_headless_workers(options.engine_model(rank), **kwargs)
         _serve(channel, rank, _LeaderService(engine, rank) if engine is not None else None)
     finally:
         if engine is not None:

@@ -2,7 +2,8 @@
 
 Every learner rank (torchrun rank, Megatron initialised)::
 
-    spec = refit_spec_for(model_chunks, cfg, engine_tp=N, num_engines=E)
+    spec = refit_spec_for(model_chunks, cfg, engine_tp=N, num_engines=E,
+                          weight_dtype=cfg_rollout.weight_dtype)   # "auto" | "fp8_block"
     refit = LearnerRefit(spec, host, port)          # joins the refit group (blocks for everyone)
     ...
     refit.send(model_chunks)                        # after every optimizer step, on every rank
@@ -13,6 +14,10 @@ and the engine controller(s), with the same ``spec`` / host / port::
 
     engine.join_refit_group(host, port, spec, engine_index=e)
     engine.refit()                                  # pairs with the learner's send()
+
+For ``weight_dtype="fp8_block"`` the engines must have been started on a blockwise-FP8 checkpoint
+(:func:`megatron_tulu.models.fp8_export.engine_model_dir`); each learner rank quantizes its slices
+as it sends them (e4m3 + fp32 128x128 block scales for the GEMM weights, bf16 for the rest).
 
 ``bucket_bytes`` and ``checksums`` must be equal on both sides (they decide the message order
 and sizes). Verification: :func:`learner_sequence_logprobs` (collective over the learner) vs
@@ -49,9 +54,11 @@ def refit_spec_for(
     num_engines: int = 1,
     *,
     engine_model: ModelConfig | None = None,
+    weight_dtype: str = "auto",
 ) -> RefitSpec:
     """The refit spec of this Megatron learner (layout from ``parallel_state``, dtype and layer
-    spec from the parameters) towards ``num_engines`` TP=``engine_tp`` vLLM engines."""
+    spec from the parameters) towards ``num_engines`` TP=``engine_tp`` vLLM engines whose weights
+    are ``weight_dtype`` (``rollout.weight_dtype``: ``"auto"`` or ``"fp8_block"``)."""
     from megatron.core import parallel_state
 
     tensors = local_tensors(model_chunks)
@@ -67,9 +74,10 @@ def refit_spec_for(
         dtype_bytes=torch.empty((), dtype=dtype).element_size(),
         transformer_impl=impl,
     )
-    return RefitSpec(
-        learner, EngineLayout(tp=engine_tp, num_engines=num_engines, model=engine_model), dtype_name(dtype)
+    engine = EngineLayout(
+        tp=engine_tp, num_engines=num_engines, model=engine_model, weight_dtype=weight_dtype
     )
+    return RefitSpec(learner, engine, dtype_name(dtype))
 
 
 class LearnerRefit:

@@ -40,6 +40,17 @@ class _RotaryReloadNotice(logging.Filter):
         )
 
 
+def _require_block_fp8(model: torch.nn.Module) -> None:
+    """An fp8_block refit sends e4m3 weights + ``weight_scale_inv``: the engine must have been
+    started on a blockwise-FP8 checkpoint (``quantization_config.weight_block_size``), or vLLM's
+    loaders would cast the fp8 bytes into bf16 parameters and drop the scales."""
+    if not any(name.endswith("weight_scale_inv") for name, _ in model.named_parameters()):
+        raise RefitError(
+            "fp8_block refit into an engine without block-FP8 layers (no weight_scale_inv parameters): "
+            "start the engine on megatron_tulu.models.fp8_export.export_fp8_block(...)'s checkpoint"
+        )
+
+
 class RefitWorkerExtension:
     """Mixin for vLLM's worker (``self`` is the worker: ``self.model_runner``, ``self.device``)."""
 
@@ -96,6 +107,8 @@ class RefitWorkerExtension:
             raise RefitError(f"worker TP rank {tp_rank} outside the plan's engine TP {refit_spec.engine.tp}")
         device = self.device if isinstance(getattr(self, "device", None), torch.device) else None
         runner = self.model_runner
+        if refit_spec.engine.fp8:
+            _require_block_fp8(runner.get_model())
 
         def load(stream) -> None:
             runner.reload_weights(weights_iterator=stream)

@@ -5,7 +5,12 @@
 - :mod:`.planner`: :func:`plan_refit` -> :class:`RefitPlan` (one sender per slice, each vLLM rank
   receives exactly its shard), its byte / message / time summaries and the naive full-tensor
   broadcast baseline (pure).
-- :mod:`.plan_cli`: ``megatron-tulu plan-refit``.
+- :mod:`.plan_cli`: ``megatron-tulu plan-refit`` (``--weight-dtype fp8_block``: bf16 and FP8 side by side).
+
+Engine weight dtypes (``EngineLayout.weight_dtype`` = ``rollout.weight_dtype``): ``auto`` sends the
+learner's dtype; ``fp8_block`` quantizes each GEMM-weight slice on the learner as it is sent (e4m3 +
+fp32 scale-inverse per 128x128 block, :func:`.layouts.fp8_quantized` names them), bf16 for the
+rest, and refuses layouts where a shard boundary cuts a block (:func:`.layouts.check_fp8_alignment`).
 
 Names are re-exported lazily so importing the package stays cheap.
 """
@@ -19,6 +24,9 @@ _EXPORTS = {
     "LearnerLayout": "layouts",
     "MegatronParam": "layouts",
     "PlanError": "layouts",
+    "WEIGHT_DTYPES": "layouts",
+    "check_fp8_alignment": "layouts",
+    "fp8_quantized": "layouts",
     "fused_group": "layouts",
     "hf_tensor_names": "layouts",
     "learner_coords": "layouts",

@@ -53,6 +53,27 @@ Box = tuple[tuple[int, int], ...]
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 VLLM_VOCAB_PADDING = 64  # vllm.model_executor.layers.vocab_parallel_embedding.DEFAULT_VOCAB_PADDING_SIZE
 
+# Engine weight dtypes (``rollout.weight_dtype``): "auto" = the learner's dtype on the wire;
+# "fp8_block" = e4m3 with one fp32 scale-inverse per 128x128 block for the GEMM weights vLLM's fp8
+# method quantizes, bf16 for everything else.
+WEIGHT_DTYPES = ("auto", "fp8_block")
+FP8_BLOCK = 128
+FP8_SCALE_BYTES = 4  # fp32 weight_scale_inv
+FP8_REST_BYTES = 2  # bf16: unquantized tensors of an fp8_block engine (fp32 is refused with fp8)
+# The HF tensors of Llama that vLLM's ``Fp8Config.get_quant_method`` quantizes: the weights of
+# ``LinearBase`` layers (QKVParallelLinear, MergedColumnParallelLinear, RowParallelLinear). The
+# embeddings and lm_head (VocabParallelEmbedding / ParallelLMHead) and the RMSNorms get no fp8
+# method and stay in the engine dtype.
+_FP8_SUFFIXES = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+
 
 class PlanError(ValueError):
     """A learner / engine layout pair that cannot be refit (raised before anything is sent)."""
@@ -184,10 +205,15 @@ class EngineLayout:
     num_engines: int = 1
     vocab_padding: int = VLLM_VOCAB_PADDING
     model: ModelConfig | None = field(default=None, hash=False, compare=True)
+    weight_dtype: str = "auto"
 
     @property
     def world_size(self) -> int:
         return self.tp * self.num_engines
+
+    @property
+    def fp8(self) -> bool:
+        return self.weight_dtype == "fp8_block"
 
     def validate(self, model: ModelConfig) -> None:
         n = self.tp
@@ -195,6 +221,8 @@ class EngineLayout:
             raise PlanError(
                 f"engine tp and num_engines must be >= 1, got tp={n}, num_engines={self.num_engines}"
             )
+        if self.weight_dtype not in WEIGHT_DTYPES:
+            raise PlanError(f"engine weight_dtype must be one of {WEIGHT_DTYPES}, got {self.weight_dtype!r}")
         if self.model is not None:
             diffs = [
                 f"{key}: learner {getattr(model, key)} != engine {getattr(self.model, key)}"
@@ -306,6 +334,79 @@ def fused_group(hf_name: str) -> tuple[str, ...]:
             if match.group(2) in group:
                 return tuple(prefix + s for s in group)
     return (hf_name,)
+
+
+def fp8_quantized(hf_name: str) -> bool:
+    """Whether an fp8_block engine holds ``hf_name`` as e4m3 + ``weight_scale_inv`` (see ``_FP8_SUFFIXES``)."""
+    match = _HF_LAYER.match(hf_name)
+    return bool(match) and match.group(2) in _FP8_SUFFIXES
+
+
+def fp8_scale_name(hf_name: str) -> str:
+    """``...weight`` -> ``...weight_scale_inv`` (the checkpoint name vLLM's block-fp8 loader reads)."""
+    if not hf_name.endswith(".weight"):
+        raise ValueError(f"not a weight: {hf_name!r}")
+    return hf_name + "_scale_inv"
+
+
+def fp8_scale_box(box: Box, block: int = FP8_BLOCK) -> Box:
+    """The ``weight_scale_inv`` blocks a block-aligned box of the weight covers (a ragged last block
+    at the tensor's end counts as one block)."""
+    return tuple((a // block, -(-b // block)) for a, b in box)
+
+
+def wire_bytes(hf_name: str, box: Box, weight_dtype: str, dtype_bytes: int) -> int:
+    """Bytes on the wire for ``box`` of ``hf_name``: ``dtype_bytes`` per element for an ``auto``
+    engine; for ``fp8_block`` 1 byte per element plus 4 per covered scale block for the quantized
+    GEMM weights and bf16 for the rest."""
+    if weight_dtype != "fp8_block":
+        return box_numel(box) * dtype_bytes
+    if fp8_quantized(hf_name):
+        return box_numel(box) + box_numel(fp8_scale_box(box)) * FP8_SCALE_BYTES
+    return box_numel(box) * FP8_REST_BYTES
+
+
+def check_fp8_alignment(learner: LearnerLayout, engine: EngineLayout, block: int = FP8_BLOCK) -> None:
+    """Refuse an fp8_block refit where a learner shard or a vLLM shard boundary cuts a 128x128 block.
+
+    The bridge quantizes each slice on the learner rank that holds it, so every block must lie
+    within one learner piece (else no rank sees the whole block to take its amax) and within one
+    vLLM rank's region (vLLM's own rule: each rank's partition of a block-quantized weight is a
+    whole number of blocks; ``validate_fp8_block_shape``). A boundary at the tensor's end is fine.
+    """
+    model = learner.model
+    table = params_by_hf_name(learner)
+    for name in hf_tensor_names(model):
+        if not fp8_quantized(name):
+            continue
+        shape = hf_shape(model, name)
+        # a learner piece is a run the rank holds contiguously (in Megatron's interleaved QKV: one
+        # query group's q, k or v rows), i.e. what one transfer quantizes
+        sides = [
+            (f"learner TP{learner.tp} rank {p.param.tp_rank}'s piece", p.hf_box)
+            for p in learner_pieces(learner, name, table)
+        ]
+        sides += [
+            (
+                f"vLLM TP{engine.tp} rank {n}'s shard",
+                vllm_region(model, name, n, engine.tp, engine.vocab_padding),
+            )
+            for n in range(engine.tp)
+        ]
+        for what, box in sides:
+            for dim, (lo, hi) in enumerate(box):
+                for edge in (lo, hi):
+                    if edge % block and edge != shape[dim]:
+                        label = "rows (output features)" if dim == 0 else "columns (input features)"
+                        raise PlanError(
+                            f"fp8_block refit: {name} {list(shape)}, dim {dim} ({label}): the {what} "
+                            f"[{lo}, {hi}) has a boundary at {edge}, not a multiple of {block}, so it cuts "
+                            f"a {block}x{block} FP8 block. Every shard of a block-quantized weight must be "
+                            f"a whole number of {block}-blocks (no single rank would hold the block to "
+                            "quantize it, and vLLM refuses such partitions): pick TP sizes that keep "
+                            f"heads x head_dim, KV groups x head_dim and ffn_hidden_size per rank multiples "
+                            f"of {block}, or use weight_dtype=auto"
+                        )
 
 
 def box_numel(box: Box) -> int:

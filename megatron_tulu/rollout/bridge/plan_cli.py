@@ -3,6 +3,7 @@
 Pure arithmetic (no GPUs, no processes): runs on a laptop for any model preset, e.g.::
 
     megatron-tulu plan-refit model=llama3.1_405b parallel=405b_learner --learner-gpus 240 --engine-tp 16
+    megatron-tulu plan-refit ... --weight-dtype fp8_block   # + bytes and seconds of bf16 vs FP8 engines
 
 Hydra overrides (``model=...``, ``parallel.tp=...``, ``parallel.pp=...``) pick the model and the
 learner's TP / PP; DP comes from ``--learner-gpus`` (or ``--learner-nodes`` x ``--gpus-per-node``,
@@ -15,7 +16,13 @@ import argparse
 import json
 import sys
 
-from megatron_tulu.rollout.bridge.layouts import DTYPE_BYTES, EngineLayout, LearnerLayout, PlanError
+from megatron_tulu.rollout.bridge.layouts import (
+    DTYPE_BYTES,
+    WEIGHT_DTYPES,
+    EngineLayout,
+    LearnerLayout,
+    PlanError,
+)
 from megatron_tulu.rollout.bridge.planner import naive_broadcast_summary, plan_refit
 
 
@@ -34,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nvlink-gbps", type=float, default=3600.0, help="intra-node bandwidth per GPU, Gbit/s")
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16", help="dtype on the wire")
+    p.add_argument(
+        "--weight-dtype",
+        choices=list(WEIGHT_DTYPES),
+        default="auto",
+        help="engine weights (rollout.weight_dtype): auto = --dtype on the wire; fp8_block = e4m3 + fp32 "
+        "128x128 block scales for the GEMM weights, bf16 for the rest (prints both dtypes side by side)",
+    )
     p.add_argument(
         "--transformer-impl",
         choices=["local", "transformer_engine"],
@@ -87,10 +101,14 @@ def main(argv: list[str]) -> int:
         return 2
     dp = gpus // (tp * pp)
     learner = LearnerLayout(tp, pp, dp, cfg.model, DTYPE_BYTES[args.dtype], args.transformer_impl)
-    engine = EngineLayout(args.engine_tp, args.num_engines)
+    engine = EngineLayout(args.engine_tp, args.num_engines, weight_dtype=args.weight_dtype)
     try:
         plan = plan_refit(learner, engine)
         naive = naive_broadcast_summary(learner, engine)
+        # the same refit into engines of the other weight dtype, for the side-by-side table
+        other = None
+        if args.weight_dtype != "auto":
+            other = plan_refit(learner, EngineLayout(args.engine_tp, args.num_engines, weight_dtype="auto"))
     except PlanError as exc:
         print(f"plan-refit: {exc}", file=sys.stderr)
         return 2
@@ -98,11 +116,15 @@ def main(argv: list[str]) -> int:
         intra_node_gbps=args.nvlink_gbps, inter_node_gbps=args.ib_gbps, gpus_per_node=args.gpus_per_node
     )
     ours, base = plan.summary(**bw), naive.summary(**bw)
+    by_dtype = {args.weight_dtype: ours}
+    if other is not None:
+        by_dtype = {"auto": other.summary(**bw), args.weight_dtype: ours}
 
     m = cfg.model
     print(
         f"model {m.name}: {m.num_layers} layers, hidden {m.hidden_size}, heads {m.num_attention_heads}, "
-        f"KV groups {m.num_query_groups}, vocab {m.vocab_size}, tied={m.tie_word_embeddings}, {args.dtype}"
+        f"KV groups {m.num_query_groups}, vocab {m.vocab_size}, tied={m.tie_word_embeddings}, {args.dtype}, "
+        f"engine weights {args.weight_dtype}"
     )
     print(
         f"learner TP{tp} x PP{pp} x DP{dp} = {learner.world_size} GPUs ({m.num_layers // pp} layers per stage, "
@@ -135,7 +157,32 @@ def main(argv: list[str]) -> int:
         ["total bytes on the wire (GB)", _gb(ours["total_bytes"]), _gb(base["bytes_per_receiver"]["total"])],
         ["predicted seconds", f"{ours['predicted_seconds']:.3f}", f"{base['predicted_seconds']:.3f}"],
     ]
-    print(_table(rows, ["", "shard-exact (ours)", "naive broadcast"]))
+    print(_table(rows, ["", "shard-exact (ours)", f"naive broadcast ({args.dtype})"]))
+    if other is not None:
+        a, f = by_dtype["auto"], ours
+        print(
+            f"\nengine weights: {args.dtype} vs {args.weight_dtype} (e4m3 GEMM weights + fp32 128x128 "
+            "block scales, embeddings / lm_head / norms bf16), shard-exact refit"
+        )
+        print(
+            _table(
+                [
+                    [
+                        "bytes per receiver (GB) max",
+                        _gb(a["bytes_per_receiver"]["max"]),
+                        _gb(f["bytes_per_receiver"]["max"]),
+                    ],
+                    ["total bytes on the wire (GB)", _gb(a["total_bytes"]), _gb(f["total_bytes"])],
+                    [
+                        "received / bf16 shard (max)",
+                        f"{a['bytes_over_bf16_shard']['max']:.4f}",
+                        f"{f['bytes_over_bf16_shard']['max']:.4f}",
+                    ],
+                    ["predicted seconds", f"{a['predicted_seconds']:.3f}", f"{f['predicted_seconds']:.3f}"],
+                ],
+                ["", args.dtype, args.weight_dtype],
+            )
+        )
     print(
         f"\nours: {ours['transfers']} transfers over {ours['links']} (sender, receiver) links, "
         f"link bytes min/mean/max {_gb(ours['bytes_per_link']['min'])}/{_gb(ours['bytes_per_link']['mean'])}/"
@@ -168,10 +215,15 @@ def main(argv: list[str]) -> int:
             json.dump(
                 {
                     "learner": {"tp": tp, "pp": pp, "dp": dp, "model": m.name, "dtype": args.dtype},
-                    "engine": {"tp": engine.tp, "num_engines": engine.num_engines},
+                    "engine": {
+                        "tp": engine.tp,
+                        "num_engines": engine.num_engines,
+                        "weight_dtype": args.weight_dtype,
+                    },
                     "bandwidth": bw,
                     "ours": ours,
                     "naive_broadcast": base,
+                    "by_weight_dtype": by_dtype,
                 },
                 f,
                 indent=2,

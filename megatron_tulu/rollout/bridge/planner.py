@@ -31,6 +31,7 @@ from megatron_tulu.rollout.bridge.layouts import (
     MegatronParam,
     PlanError,
     box_numel,
+    check_fp8_alignment,
     fused_group,
     hf_shape,
     hf_tensor_names,
@@ -39,6 +40,7 @@ from megatron_tulu.rollout.bridge.layouts import (
     learner_pieces,
     params_by_hf_name,
     vllm_region,
+    wire_bytes,
 )
 
 __all__ = [
@@ -124,8 +126,15 @@ class RefitPlan:
     engine: EngineLayout
     transfers: list[Transfer]
     hf_shapes: dict[str, tuple[int, ...]]
-    # expected bytes of every receiver's shard (the boxes its loaders read), summed over tensors
+    # expected bytes of every receiver's shard (the boxes its loaders read), summed over tensors,
+    # in the engine's weight dtype (fp8_block: e4m3 + fp32 block scales for the GEMM weights)
     shard_bytes: dict[Receiver, int] = field(default_factory=dict)
+    # the same shard at 2 bytes per element (bf16): the yardstick of fp8_block's saving
+    bf16_shard_bytes: dict[Receiver, int] = field(default_factory=dict)
+
+    @property
+    def weight_dtype(self) -> str:
+        return self.engine.weight_dtype
 
     # ---- per-party totals
     def bytes_per_sender(self) -> dict[int, int]:
@@ -169,6 +178,11 @@ class RefitPlan:
         got = self.bytes_per_receiver()
         return {r: (got[r] / self.shard_bytes[r] if self.shard_bytes[r] else 1.0) for r in got}
 
+    def bf16_ratio(self) -> dict[Receiver, float]:
+        """Bytes received / the receiver's shard in bf16 (fp8_block: about 0.5 for large models)."""
+        got = self.bytes_per_receiver()
+        return {r: (got[r] / self.bf16_shard_bytes[r] if self.bf16_shard_bytes[r] else 1.0) for r in got}
+
     def for_receiver(self, engine: int, rank: int) -> list[Transfer]:
         return [t for t in self.transfers if t.receiver == (engine, rank)]
 
@@ -206,7 +220,9 @@ class RefitPlan:
         self, intra_node_gbps: float = 3600.0, inter_node_gbps: float = 400.0, gpus_per_node: int = 8
     ) -> dict:
         ratio = self.receive_ratio()
+        bf16 = self.bf16_ratio()
         return {
+            "weight_dtype": self.weight_dtype,
             "senders": len(self.senders()),
             "learner_ranks": self.learner.world_size,
             "receivers": len(self.receivers()),
@@ -223,6 +239,7 @@ class RefitPlan:
             "links": len(self.bytes_per_link()),
             "bytes_per_link": _stats(self.bytes_per_link().values()),
             "receive_ratio": {"min": min(ratio.values()), "max": max(ratio.values())},
+            "bytes_over_bf16_shard": {"min": min(bf16.values()), "max": max(bf16.values())},
             "predicted_seconds": self.predict_seconds(intra_node_gbps, inter_node_gbps, gpus_per_node),
         }
 
@@ -231,6 +248,8 @@ class RefitPlan:
 def _check(learner: LearnerLayout, engine: EngineLayout) -> None:
     learner.validate()
     engine.validate(learner.model)
+    if engine.fp8:
+        check_fp8_alignment(learner, engine)
 
 
 def _box_translate(box: Box, frm: Box, to: Box) -> Box:
@@ -308,13 +327,19 @@ def plan_refit(learner: LearnerLayout, engine: EngineLayout) -> RefitPlan:
     """The transfer plan from a Megatron learner to ``engine.num_engines`` TP=N vLLM engines.
 
     Raises :class:`PlanError` for layouts that cannot be refit (indivisible heads / groups / ffn /
-    vocab, PP not dividing the layers, learner and engine model configs that differ).
+    vocab, PP not dividing the layers, learner and engine model configs that differ; for an
+    ``fp8_block`` engine, a shard boundary that cuts a 128x128 block).
+
+    Bytes: ``learner.dtype_bytes`` per element for an ``auto`` engine; for ``fp8_block``
+    (:func:`~megatron_tulu.rollout.bridge.layouts.wire_bytes`) the GEMM weights travel as e4m3
+    (1 byte per element) plus one fp32 scale per 128x128 block, the rest as bf16.
     """
     _check(learner, engine)
-    model, esz = learner.model, learner.dtype_bytes
+    model, esz, wdt = learner.model, learner.dtype_bytes, engine.weight_dtype
     table = params_by_hf_name(learner)
     hf_shapes: dict[str, tuple[int, ...]] = {}
     shard_bytes: dict[Receiver, int] = defaultdict(int)
+    bf16_shard: dict[Receiver, int] = defaultdict(int)
     # (candidates, draft transfer without sender) for every slice to send
     pending: list[tuple[list[tuple[MegatronParam, int]], Transfer]] = []
     for name in hf_tensor_names(model):
@@ -325,12 +350,13 @@ def plan_refit(learner: LearnerLayout, engine: EngineLayout) -> RefitPlan:
         for n in range(engine.tp):
             region = vllm_region(model, name, n, engine.tp, engine.vocab_padding)
             for e in range(engine.num_engines):
-                shard_bytes[(e, n)] += box_numel(region) * esz
+                shard_bytes[(e, n)] += wire_bytes(name, region, wdt, esz) if box_numel(region) else 0
+                bf16_shard[(e, n)] += box_numel(region) * 2
             for holders in groups:
                 part = intersect(holders[0].hf_box, region)
                 if part is None:
                     continue
-                nbytes = box_numel(part) * esz
+                nbytes = wire_bytes(name, part, wdt, esz)
                 cands = [
                     (p.param, dp, _box_translate(part, p.hf_box, p.local_box))
                     for p in holders
@@ -342,7 +368,7 @@ def plan_refit(learner: LearnerLayout, engine: EngineLayout) -> RefitPlan:
     transfers = _merge(transfers)
     order = {name: i for i, name in enumerate(hf_shapes)}
     transfers.sort(key=lambda t: (order[t.hf_name], t.dst_engine, t.dst_rank, t.dst_slice))
-    plan = RefitPlan(learner, engine, transfers, hf_shapes, dict(shard_bytes))
+    plan = RefitPlan(learner, engine, transfers, hf_shapes, dict(shard_bytes), dict(bf16_shard))
     bad = {r: x for r, x in plan.receive_ratio().items() if x != 1.0}
     if bad:  # cannot happen if the tiling holds; a guard against planner bugs
         raise PlanError(f"receivers would get other than their shard: {bad}")

@@ -55,6 +55,9 @@ from megatron_tulu.rollout.bridge.layouts import (
     LearnerLayout,
     PlanError,
     box_numel,
+    fp8_quantized,
+    fp8_scale_box,
+    fp8_scale_name,
     megatron_local_shape,
     megatron_params,
 )
@@ -66,6 +69,7 @@ __all__ = [
     "RefitSpec",
     "bucket_schedule",
     "destroy_refit_group",
+    "fp8_wire_bytes",
     "init_refit_group",
     "local_tensors",
     "plan_fingerprint",
@@ -92,7 +96,9 @@ class RefitSpec:
     """Everything a party needs to rebuild the same plan: plain data, JSON-able via ``to_dict``.
 
     ``dtype`` is the wire dtype (the learner's parameter dtype, e.g. ``"bfloat16"``); vLLM's
-    loaders cast to the engine's dtype.
+    loaders cast to the engine's dtype. With ``engine.weight_dtype == "fp8_block"`` it is the
+    learner's parameter dtype only (the source of the quantization): the GEMM weights travel as
+    e4m3 + fp32 block scales and every other tensor as bf16.
     """
 
     learner: LearnerLayout
@@ -138,6 +144,7 @@ def _cached_plan(spec: RefitSpec) -> RefitPlan:
 def plan_fingerprint(plan: RefitPlan) -> str:
     """A short hash of the plan's transfers: both sides compare it before moving any bytes."""
     h = hashlib.sha256()
+    h.update(plan.engine.weight_dtype.encode())
     for t in plan.transfers:
         h.update(
             repr((t.hf_name, t.src_rank, t.src_param.name, t.src_slice, t.receiver, t.dst_slice)).encode()
@@ -301,10 +308,32 @@ def _check_local(plan: RefitPlan, rank: int, tensors: Mapping[str, torch.Tensor]
                 f"learner rank {rank} (tp {tp_rank}, pp {pp_rank}): {info.name} has local shape "
                 f"{list(got.shape)}, the plan expects {list(expect)}"
             )
-        if got.dtype != dtype:
+        if plan.engine.fp8:
+            if not got.is_floating_point():
+                raise PlanError(f"learner rank {rank}: {info.name} is {got.dtype}, not floating point")
+        elif got.dtype != dtype:
             raise PlanError(
                 f"learner rank {rank}: {info.name} is {got.dtype}, the refit wire dtype is {dtype}"
             )
+
+
+def fp8_wire_bytes(hf_name: str, part: torch.Tensor) -> torch.Tensor:
+    """One slice of an fp8_block refit as the bytes that travel (uint8, 1-D).
+
+    GEMM weights (:func:`~megatron_tulu.rollout.bridge.layouts.fp8_quantized`): the slice is a
+    whole number of 128x128 blocks of the HF tensor (the planner refuses layouts where it is not),
+    so quantizing it here gives the same e4m3 bytes and scales as quantizing the full tensor
+    offline: ``e4m3 [rows, cols]`` then ``fp32 scale_inv [ceil(rows/128), ceil(cols/128)]``.
+    Anything else: the slice cast to bf16.
+    """
+    from megatron_tulu.kernels.fp8 import blockwise_fp8_quantize
+
+    if fp8_quantized(hf_name):
+        q, s = blockwise_fp8_quantize(part)
+        return torch.cat(
+            [q.contiguous().view(torch.uint8).reshape(-1), s.contiguous().view(torch.uint8).reshape(-1)]
+        )
+    return part.to(torch.bfloat16).contiguous().view(torch.uint8).reshape(-1)
 
 
 def _checksum(x: torch.Tensor) -> tuple[float, float]:
@@ -353,6 +382,8 @@ def send_refit(
             for receiver in sorted(per_recv):
                 items = per_recv[receiver]
                 parts = [tensors[t.src_param.name][_slices(t.src_slice)] for t in items]
+                if plan.engine.fp8:  # quantize each slice as it leaves: e4m3 + scales | bf16 bytes
+                    parts = [fp8_wire_bytes(t.hf_name, p) for t, p in zip(items, parts)]
                 flat = torch.cat([p.reshape(-1) for p in parts]).to(gdev)
                 pack_bytes += flat.numel() * flat.element_size()
                 dst = engine_global_rank(plan.learner, plan.engine, *receiver)
@@ -427,6 +458,7 @@ def receive_refit(
     """
     receiver = (engine, tp_rank)
     me = engine_global_rank(plan.learner, plan.engine, engine, tp_rank)
+    fp8 = plan.engine.fp8
     esz = torch.empty((), dtype=dtype).element_size()
     buckets = bucket_schedule(plan, bucket_bytes, esz)
     gdev = _group_device(group)
@@ -438,6 +470,8 @@ def receive_refit(
         "messages": 0,
         "buckets": len(buckets),
         "shard_bytes": plan.shard_bytes[receiver],
+        "bf16_shard_bytes": plan.bf16_shard_bytes[receiver],
+        "weight_dtype": plan.engine.weight_dtype,
         "peak_bucket_bytes": 0,
     }
     pending_acks: list[tuple[int, list]] = []  # per bucket: [(src, ack tensor)]
@@ -463,13 +497,13 @@ def receive_refit(
                     per_src[t.src_rank].append(t)
             works = []
             for src in sorted(per_src):
-                n = sum(box_numel(t.dst_slice) for t in per_src[src])
-                flat = torch.empty(n, dtype=dtype, device=gdev)
+                if fp8:
+                    flat = torch.empty(sum(t.nbytes for t in per_src[src]), dtype=torch.uint8, device=gdev)
+                else:
+                    n = sum(box_numel(t.dst_slice) for t in per_src[src])
+                    flat = torch.empty(n, dtype=dtype, device=gdev)
                 works.append((src, group.recv([flat], src, 2 * bucket.index), flat))
-            buffers = {
-                name: torch.empty(plan.hf_shapes[name], dtype=dtype, device=device)
-                for name in bucket.hf_names
-            }
+            buffers = _receive_buffers(plan, bucket.hf_names, dtype, device)
             acks = []
             for src, work, flat in works:
                 _wait(
@@ -480,10 +514,16 @@ def receive_refit(
                         f"received nothing from learner rank {s}"
                     ),
                 )
-                stats["bytes_received"] += flat.numel() * esz
+                stats["bytes_received"] += flat.numel() * flat.element_size()
                 stats["messages"] += 1
                 sums, off = [], 0
                 for t in per_src[src]:
+                    if fp8:
+                        _unpack_fp8(t, flat[off : off + t.nbytes], buffers, device)
+                        if checksums:
+                            sums += list(_checksum(flat[off : off + t.nbytes]))
+                        off += t.nbytes
+                        continue
                     k = box_numel(t.dst_slice)
                     view = buffers[t.hf_name][_slices(t.dst_slice)]
                     view.copy_(flat[off : off + k].view(_box_shape(t.dst_slice)).to(device))
@@ -496,6 +536,8 @@ def receive_refit(
             pending_acks.append((bucket.index, acks))
             for name in bucket.hf_names:
                 yield name, buffers.pop(name)
+                if fp8 and fp8_quantized(name):
+                    yield fp8_scale_name(name), buffers.pop(fp8_scale_name(name))
             done["buckets"] += 1
 
     t0 = time.perf_counter()
@@ -518,6 +560,44 @@ def receive_refit(
     stats["seconds"] = time.perf_counter() - t0
     stats["group_rank"] = me
     return stats
+
+
+def _receive_buffers(
+    plan: RefitPlan, names: list[str], dtype: torch.dtype, device
+) -> dict[str, torch.Tensor]:
+    """Transient full-size HF tensors of one bucket (uninitialised: a vLLM rank's loader only reads
+    its own region). fp8_block: e4m3 weights with their fp32 ``weight_scale_inv``, bf16 otherwise."""
+    from megatron_tulu.kernels.fp8 import FP8_DTYPE, scale_shape
+
+    out = {}
+    for name in names:
+        shape = plan.hf_shapes[name]
+        if not plan.engine.fp8:
+            out[name] = torch.empty(shape, dtype=dtype, device=device)
+        elif fp8_quantized(name):
+            out[name] = torch.empty(shape, dtype=FP8_DTYPE, device=device)
+            out[fp8_scale_name(name)] = torch.empty(scale_shape(shape), dtype=torch.float32, device=device)
+        else:
+            out[name] = torch.empty(shape, dtype=torch.bfloat16, device=device)
+    return out
+
+
+def _unpack_fp8(t: Transfer, raw: torch.Tensor, buffers: dict[str, torch.Tensor], device) -> None:
+    """Place one received fp8_block slice (:func:`fp8_wire_bytes` layout) into the bucket buffers."""
+    from megatron_tulu.kernels.fp8 import FP8_DTYPE
+
+    shape = _box_shape(t.dst_slice)
+    if not fp8_quantized(t.hf_name):
+        # clone: a fresh, aligned storage (a uint8 slice at an odd offset cannot be viewed as bf16)
+        buffers[t.hf_name][_slices(t.dst_slice)].copy_(
+            raw.clone().view(torch.bfloat16).view(shape).to(device)
+        )
+        return
+    k = box_numel(t.dst_slice)
+    sbox = fp8_scale_box(t.dst_slice)
+    buffers[t.hf_name][_slices(t.dst_slice)].copy_(raw[:k].view(FP8_DTYPE).view(shape).to(device))
+    scales = raw[k:].clone().view(torch.float32).view(_box_shape(sbox))
+    buffers[fp8_scale_name(t.hf_name)][_slices(sbox)].copy_(scales.to(device))
 
 
 def dtype_name(dtype: torch.dtype) -> str:

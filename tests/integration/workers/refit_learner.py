@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--bucket-bytes", type=int, default=1 << 20)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--out", required=True)
+    p.add_argument("--weight-dtype", default="auto", help="engine weights: auto | fp8_block")
     args = p.parse_args()
 
     cfg = model_config_from_hf(args.hf)
@@ -80,7 +81,8 @@ def main() -> None:
     refits = []
     for target in args.engine:
         host, port, etp = target.rsplit(":", 2)
-        refits.append(LearnerRefit(refit_spec_for(chunks, cfg, int(etp)), host, int(port), timeout_s=300))
+        spec = refit_spec_for(chunks, cfg, int(etp), weight_dtype=args.weight_dtype)
+        refits.append(LearnerRefit(spec, host, int(port), timeout_s=300))
 
     rank = dist.get_rank()
     record = {"rank": rank, "rounds": []}

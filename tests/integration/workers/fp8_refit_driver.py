@@ -1,0 +1,155 @@
+"""Driver: a Megatron learner (TP2, fp32) refits a blockwise-FP8 vLLM CPU engine (TP2, bf16).
+
+Run with ``tests/shims/amx_check`` on ``PYTHONPATH`` and ``MEGATRON_TULU_TEST_RELAX_AMX=1`` (the
+test shim that lets vLLM CPU pick its block-FP8 kernel without AMX); the torchrun learner gets
+neither.
+
+1. Engine A starts on the offline FP8 export of *other* weights (``--start-hf``, another seed):
+   greedy continuations before any refit.
+2. A torchrun learner (``refit_learner.py --weight-dtype fp8_block``) loads ``--hf`` and refits A
+   twice (round 0: the HF weights, with checksums; round 1: after one optimizer step). After each
+   round: A's worker stats, log-probs of fixed sequences and greedy continuations.
+3. Engine A closes; engine B starts on the offline FP8 export of ``--hf``: greedy continuations
+   and log-probs (what round 0 must reproduce).
+
+Prints ``RESULT {json}``.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEQUENCES = [
+    [5, 6, 7, 8, 9, 10, 11, 12],
+    [100, 2000, 31, 7, 7, 3998, 42, 1, 17, 256, 3000, 9],
+    [3998, 3997, 64, 65, 66],
+    [17, 300, 1200, 2500, 3100, 800, 45],
+]
+PROMPTS = [seq[:4] for seq in SEQUENCES]
+TP = 2
+
+
+def engine_kwargs() -> dict:
+    return dict(
+        tp=TP,
+        dtype="bfloat16",
+        weight_dtype="fp8_block",
+        seed=0,
+        kv_cache_bytes=128 << 20,
+        max_model_len=256,
+    )
+
+
+def greedy(engine) -> list[list[int]]:
+    from megatron_tulu.rollout.engine import SamplingSettings
+
+    out = engine.generate(PROMPTS, SamplingSettings(temperature=0.0, max_new_tokens=12, ignore_eos=True))
+    return [r.token_ids for r in out]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--hf", required=True, help="the learner's HF weights (fp32)")
+    p.add_argument("--start-hf", required=True, help="other weights engine A starts from")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--bucket-bytes", type=int, default=1 << 20)
+    args = p.parse_args()
+
+    from megatron_tulu.models.fp8_export import engine_model_dir
+    from megatron_tulu.models.hf_io import model_config_from_hf
+    from megatron_tulu.rollout.bridge.layouts import EngineLayout, LearnerLayout
+    from megatron_tulu.rollout.bridge.transport import RefitSpec
+    from megatron_tulu.rollout.engine import RolloutEngine
+    from tests.helpers import REPO, free_port
+
+    work = Path(args.workdir)
+    cfg = model_config_from_hf(args.hf)
+    start_fp8 = engine_model_dir(args.start_hf, "fp8_block", work / "start-fp8")
+    offline_fp8 = engine_model_dir(args.hf, "fp8_block", work / "offline-fp8")
+    result: dict = {"sequences": SEQUENCES, "prompts": PROMPTS}
+
+    t0 = time.perf_counter()
+    engine = RolloutEngine(start_fp8, **engine_kwargs())
+    result["engine_start_seconds"] = time.perf_counter() - t0
+    try:
+        result["greedy_before"] = greedy(engine)
+        spec = RefitSpec(
+            LearnerLayout(tp=TP, pp=1, dp=1, model=cfg, dtype_bytes=4),
+            EngineLayout(tp=TP, weight_dtype="fp8_block"),
+            "float32",
+        )
+        port = free_port()
+        out = Path(tempfile.mkdtemp(prefix="fp8_refit_learner_", dir=work))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={TP}",
+            f"--master_port={free_port()}",
+            str(REPO / "tests/integration/workers/refit_learner.py"),
+            "--hf",
+            args.hf,
+            "--tp",
+            str(TP),
+            "--sequences",
+            json.dumps(SEQUENCES),
+            "--bucket-bytes",
+            str(args.bucket_bytes),
+            "--weight-dtype",
+            "fp8_block",
+            "--engine",
+            f"127.0.0.1:{port}:{TP}",
+            "--out",
+            str(out),
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
+        for key in ("VLLM_CPU_OMP_THREADS_BIND", "MEGATRON_TULU_TEST_RELAX_AMX"):
+            env.pop(key, None)
+        log = open(out / "learner.log", "w")
+        learner = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        rounds = []
+        try:
+            engine.join_refit_group("127.0.0.1", port, spec, timeout_s=300)
+            for round_ in range(2):
+                t0 = time.perf_counter()
+                stats = engine.refit(bucket_bytes=args.bucket_bytes, checksums=round_ == 0, timeout_s=300)
+                rounds.append(
+                    {
+                        "workers": stats,
+                        "rpc_seconds": time.perf_counter() - t0,
+                        "logprobs": engine.sequence_logprobs(SEQUENCES),
+                        "greedy": greedy(engine),
+                    }
+                )
+            engine.leave_refit_group()
+            rc = learner.wait(timeout=600)
+        finally:
+            if learner.poll() is None:
+                learner.kill()
+                learner.wait()
+            log.close()
+        if rc != 0:
+            raise RuntimeError("learner failed:\n" + (out / "learner.log").read_text()[-6000:])
+        result["rounds"] = rounds
+        result["learner_ranks"] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(TP)]
+    finally:
+        engine.close()
+    del engine
+
+    t0 = time.perf_counter()
+    offline = RolloutEngine(offline_fp8, **engine_kwargs())
+    result["offline_start_seconds"] = time.perf_counter() - t0
+    try:
+        result["offline"] = {"greedy": greedy(offline), "logprobs": offline.sequence_logprobs(SEQUENCES)}
+    finally:
+        offline.close()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
