@@ -101,6 +101,15 @@ def resolve_models(paths: list[str], all_steps: bool) -> list[tuple[str, Path, b
         raise EvalUsageError(
             f"--model {raw}: neither an HF model directory (config.json) nor a megatron-tulu checkpoint"
         )
+    # the same directory name under different runs (outputs/demo/sft/hf, outputs/demo/dpo/hf): name
+    # each by its parent too ("sft-hf", "dpo-hf"); a numbered suffix only if that still collides
+    parents: dict[str, set[str]] = {}
+    for label, path, _ in found:
+        parents.setdefault(label, set()).add(path.parent.name)
+    found = [
+        (f"{path.parent.name}-{label}" if len(parents[label]) > 1 else label, path, ckpt)
+        for label, path, ckpt in found
+    ]
     labels: list[str] = []
     out = []
     for label, path, ckpt in found:

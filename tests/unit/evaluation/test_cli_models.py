@@ -34,6 +34,16 @@ def test_hf_dirs_checkpoint_roots_and_steps(tmp_path):
     assert resolve_models([str(steps[1])], all_steps=False) == [("checkpoints@step_0000040", steps[1], True)]
     twice = resolve_models([str(hf), str(hf)], all_steps=False)
     assert [label for label, _, _ in twice] == ["sft_hf", "sft_hf_2"]
+    stages = []  # the demo's stages all export to <stage>/hf
+    for stage in ("sft", "dpo", "rlvr"):
+        (tmp_path / stage / "hf").mkdir(parents=True, exist_ok=True)
+        (tmp_path / stage / "hf" / "config.json").write_text("{}")
+        stages.append(str(tmp_path / stage / "hf"))
+    assert [label for label, _, _ in resolve_models(stages, all_steps=False)] == [
+        "sft-hf",
+        "dpo-hf",
+        "rlvr-hf",
+    ]
     with pytest.raises(EvalUsageError, match="neither an HF model directory"):
         resolve_models([str(tmp_path)], all_steps=False)
 
