@@ -177,6 +177,7 @@ def start_rl_job(cfg: RLVRRunConfig, verbose: bool = True) -> RLJob:
             describe=lambda r: describe_rank(roles, r),
             timeout_s=timeout_s,
         )
+        watchdog.watch_sigterm()
     return RLJob(
         job=job,
         roles=roles,

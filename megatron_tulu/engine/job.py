@@ -365,6 +365,52 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
 
+    def watch_sigterm(self, grace_s: float = 5.0) -> None:
+        """Name the dead peer even when this rank is stopped while stuck in a collective.
+
+        When a rank dies, torchrun stops the other ranks of its node with SIGTERM and SIGKILLs them
+        30 s later. A rank blocked in a C++ collective (a refit waiting for the dead peer) cannot
+        run Python's SIGTERM handler in that time, so its error line naming the culprit would never
+        be printed. The C-level handler still writes the signal number to the wakeup fd; a thread
+        reading it waits ``grace_s`` for the main thread's handler to run, and if it has not, reports
+        the failure, names the silent peers and ends the process (children first). Call from the
+        main thread, after the SIGTERM handler is installed."""
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        handled = threading.Event()
+
+        def python_handler(signum, frame):
+            handled.set()  # the main thread runs Python: the normal path (SystemExit) reports
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                raise SystemExit(128 + signum)
+
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.signal(signal.SIGTERM, python_handler)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+        def watch() -> None:
+            while True:
+                data = os.read(read_fd, 64)
+                if signal.SIGTERM in data and not handled.wait(grace_s):
+                    self.report_failure(
+                        "stopped by SIGTERM while blocked (a launcher stops its node's ranks when one dies)"
+                    )
+                    culprits = self.diagnose()
+                    _fail_process(
+                        f"{culprits}; rank {self.rank} was stuck in a collective when stopped"
+                        if culprits
+                        else "stopped by SIGTERM while stuck in a collective"
+                    )
+                    return
+
+        threading.Thread(target=watch, name="sigterm-watch", daemon=True).start()
+
 
 def _fail_process(message: str) -> None:
     print(
