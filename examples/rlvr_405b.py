@@ -358,6 +358,9 @@ def dry_run(args: argparse.Namespace, overrides: list[str]) -> int:
 def main(argv: list[str]) -> int:
     args, overrides = split_argv(argv)
     if args.dry_run:
+        from megatron_tulu.errors import silence_import_noise
+
+        silence_import_noise()  # the "Apex / Transformer Engine not installed" lines, as the CLI does
         return dry_run(args, overrides)
     # the real run is `megatron-tulu rlvr`: same process set-up (SIGTERM unwinds, ranks die with
     # their launcher, one `error:` line for user errors) and the same trainer, roles included
