@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.skipif(
         not os.environ.get("MEGATRON_TULU_FULL_FP8"),
         reason="full FP8 set only (MEGATRON_TULU_FULL_FP8=1; ~4 min on two cores); CI runs the FP8 "
-        "planner/transport unit tests (tests/unit/bridge/test_fp8_refit.py)",
+        "planner/transport unit tests (tests/unit/bridge/test_fp8_plan_and_transport.py)",
     ),
 ]
 
