@@ -58,6 +58,7 @@ from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
 from megatron_tulu.engine.parallel import init_parallel
 from megatron_tulu.engine.train_step import (
+    collective_device,
     forward_batch,
     forward_only_collect,
     prepare_model_for_training,
@@ -620,7 +621,7 @@ def _all_reduce(values: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """All-reduce over the learner ranks (the default group); NCCL reduces device tensors only."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return values
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    device = collective_device()
     reduced = values.to(device) if device is not None else values.clone()
     dist.all_reduce(reduced, op=op)
     return reduced.cpu()

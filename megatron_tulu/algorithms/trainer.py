@@ -35,7 +35,7 @@ from megatron_tulu.engine.checkpoint import (
     save_checkpoint,
 )
 from megatron_tulu.engine.faults import crash_point
-from megatron_tulu.engine.train_step import StepResult, train_step
+from megatron_tulu.engine.train_step import StepResult, batch_seq_length, train_step
 
 
 class Trainer:
@@ -184,7 +184,7 @@ class SupervisedTrainer(Trainer):
             self.optimizer,
             self.scheduler,
             num_microbatches=self.num_microbatches,
-            seq_length=max(int(v.shape[-1]) for k, v in micro[0].items() if k.endswith("tokens")),
+            seq_length=batch_seq_length(micro[0]),
             micro_batch_size=self.micro_batch_rows,
         )
         return {**self.step_metrics(result, micro), "lr": result.lr, "grad_norm": result.grad_norm}

@@ -42,6 +42,18 @@ def prepare_model_for_training(
         config.grad_scale_func = optimizer.scale_loss
 
 
+def collective_device() -> torch.device | None:
+    """Where a tensor must be for a collective: the current GPU (NCCL reduces device tensors
+    only), or None on CPU (gloo)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+
+
+def batch_seq_length(batch: dict[str, Any]) -> int:
+    """Sequence length of a micro-batch: the longest of its ``*tokens`` tensors (DPO's separate
+    mode carries ``chosen_tokens`` and ``rejected_tokens``)."""
+    return max(int(v.shape[-1]) for k, v in batch.items() if k.endswith("tokens"))
+
+
 def reduce_metrics(per_microbatch: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Sum each metric over micro-batches and DP ranks; every rank gets the last stage's values.
 
@@ -57,9 +69,7 @@ def reduce_metrics(per_microbatch: list[dict[str, torch.Tensor]]) -> dict[str, f
     keys = names[0]
     if not keys:
         return {}
-    # NCCL reduces only device tensors
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-    stacked = torch.zeros(len(keys), 2, dtype=torch.float64, device=device)
+    stacked = torch.zeros(len(keys), 2, dtype=torch.float64, device=collective_device())
     for md in per_microbatch:
         for i, k in enumerate(keys):
             v = md[k].detach().double().to(stacked.device).reshape(-1)
@@ -200,7 +210,7 @@ def forward_only_collect(
                 iter(micro_batches),
                 model_chunks,
                 num_microbatches=len(micro_batches),
-                seq_length=max(int(v.shape[-1]) for k, v in micro_batches[0].items() if k.endswith("tokens")),
+                seq_length=batch_seq_length(micro_batches[0]),
                 micro_batch_size=micro_batch_size,
                 forward_only=True,
             )

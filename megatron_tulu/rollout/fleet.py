@@ -72,12 +72,8 @@ class EngineOptions:
         ``export_dir`` (each node needs the files; a pre-exported FP8 ``model`` is used as is)."""
         from megatron_tulu.models.fp8_export import engine_model_dir
 
-        if self.weight_dtype == "auto":
-            return self.model
-        root = (
-            Path(self.export_dir) if self.export_dir else Path(str(Path(self.model).resolve()) + "-exports")
-        )
-        return str(engine_model_dir(self.model, self.weight_dtype, root / f"{self.weight_dtype}-rank{rank}"))
+        out = Path(self.export_dir) / f"{self.weight_dtype}-rank{rank}" if self.export_dir else None
+        return str(engine_model_dir(self.model, self.weight_dtype, out))
 
 
 @dataclass(frozen=True)
