@@ -21,4 +21,4 @@ format: install
 	$(VENV)/bin/ruff format .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25

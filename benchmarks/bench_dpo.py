@@ -456,8 +456,8 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
         len(pairs),
         make_batch_builder(pairs, mode, pad_id, None, None),
         mb,
-        forward=forward_pairs(mode),
-        sequence_stats=reference_stats(cfg.model.vocab_size, mode),
+        forward=forward_pairs(mode, cfg.model.vocab_size, cfg.train.fused_log_probs),
+        sequence_stats=reference_stats(mode),
         rows_per_pair=2 if mode == "concatenated" else 1,
     )
     ref_seconds, ref_cpu = time.perf_counter() - ref_t0, time.process_time() - ref_c0

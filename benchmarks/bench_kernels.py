@@ -18,8 +18,15 @@ backward of ``sum(log p(target))`` and reports:
   max |b| over those tensors, unfused as reference).
 
 unfused = :func:`megatron_tulu.kernels.unfused_vocab_parallel_log_probs` (full logits kept by
-autograd: what the trainers do today); fused = :func:`fused_vocab_parallel_log_probs` (chunked,
-recomputed in backward; the PyTorch implementation, as on CPU).
+autograd: the trainers' path with ``train.fused_log_probs=false``); fused =
+:func:`fused_vocab_parallel_log_probs` (chunked, recomputed in backward; the PyTorch
+implementation, as on CPU).
+
+``--trainer`` measures the same choice one level up, through the SFT trainer's own
+``forward_step`` and ``train_step`` on a real Megatron-Core ``GPTModel`` (one layer, hidden
+``--trainer-hidden``, vocab ``--vocab``, ``--tokens`` tokens in one packed row, fp32, TP1): after
+one warm-up step (the optimizer state exists) the peak-RSS rise of a second step with
+``train.fused_log_probs`` true vs false, step seconds, and the loss and gradient agreement.
 """
 
 from __future__ import annotations
@@ -111,6 +118,141 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def trainer_worker(args: argparse.Namespace) -> None:
+    """One SFT step through the trainer's forward_step, fused or not (see the module doc)."""
+    import os
+
+    set_torch_threads(args.threads)
+    import torch
+    from megatron.core import parallel_state
+
+    from megatron_tulu.algorithms.sft import make_forward_step
+    from megatron_tulu.config.schema import ModelConfig, OptimizerConfig, ParallelConfig, PrecisionConfig
+    from megatron_tulu.engine.model import build_model
+    from megatron_tulu.engine.optimizer import build_optimizer
+    from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+    from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(args.port))
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    hidden = args.trainer_hidden
+    cfg = ModelConfig(
+        name="bench",
+        num_layers=1,
+        hidden_size=hidden,
+        ffn_hidden_size=2 * hidden,
+        num_attention_heads=hidden // 128,
+        num_query_groups=hidden // 128,
+        kv_channels=128,
+        vocab_size=args.vocab,
+        max_position_embeddings=args.tokens,
+        make_vocab_size_divisible_by=128,
+    )
+    parallel, precision = ParallelConfig(), PrecisionConfig()
+    init_parallel(cfg, parallel, seed=0)
+    chunks = build_model(cfg, parallel, precision)
+    optimizer = build_optimizer(
+        chunks, OptimizerConfig(lr=0.0, min_lr=0.0, clip_grad=1e9), parallel, precision
+    )
+    prepare_model_for_training(chunks, optimizer)
+    step_fn = make_forward_step(args.vocab, "mean", packing=True, use_thd=False, fused=args.role == "fused")
+    g = torch.Generator().manual_seed(1)
+    n = args.tokens
+    tokens = torch.randint(0, args.vocab, (1, n), generator=g)
+    half = n // 2  # two documents in the row: the packed (block-causal) path the trainer takes
+    batch = {
+        "tokens": tokens,
+        "labels": torch.roll(tokens, -1, dims=1),
+        "loss_mask": torch.ones(1, n),
+        "position_ids": torch.cat([torch.arange(half), torch.arange(n - half)]).unsqueeze(0),
+        "document_ids": torch.cat([torch.zeros(half), torch.ones(n - half)]).long().unsqueeze(0),
+    }
+
+    def one_step():
+        return train_step(
+            step_fn,
+            iter([batch]),
+            chunks,
+            optimizer,
+            None,
+            num_microbatches=1,
+            seq_length=n,
+            micro_batch_size=1,
+        )
+
+    one_step()  # warm-up: Adam's state is allocated here, outside the measured step (lr 0: same weights)
+    base_rss = rss_bytes()
+    reset_peak_rss()
+    start = time.perf_counter()
+    res = one_step()
+    seconds = time.perf_counter() - start
+    peak = peak_rss_bytes() - base_rss
+    grads = {name: p_.main_grad.detach().clone() for name, p_ in chunks[0].named_parameters()}
+    torch.save({"grads": grads}, args.tensors)
+    Path(args.result).write_text(
+        json.dumps(
+            {
+                "role": args.role,
+                "step_peak_bytes": peak,
+                "step_seconds": seconds,
+                "tokens_per_second": n / seconds,
+                "loss": res.metrics["loss_per_token"],
+                "model_rss_bytes": base_rss,
+                "tp": parallel_state.get_tensor_model_parallel_world_size(),
+            }
+        )
+    )
+    destroy_parallel()
+
+
+def trainer_controller(args: argparse.Namespace) -> dict:
+    import torch
+
+    from benchmarks.common import free_port
+
+    results, grads = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for role in ("fused", "unfused"):
+            res_path, ten_path = Path(tmp) / f"{role}.json", Path(tmp) / f"{role}.pt"
+            cmd = [
+                sys.executable, __file__, "--trainer", "--role", role, "--result", str(res_path),
+                "--tensors", str(ten_path), "--vocab", str(args.vocab), "--tokens", str(args.tokens),
+                "--trainer-hidden", str(args.trainer_hidden), "--threads", str(args.threads),
+                "--port", str(free_port()),
+            ]  # fmt: skip
+            print(f"running trainer step, {role} ...", flush=True)
+            results[role] = run_worker(
+                cmd, res_path, env=thread_env(args.threads), timeout=3600, log_path=Path(tmp) / f"{role}.log"
+            )
+            grads[role] = torch.load(ten_path)["grads"]
+    fused, unfused = results["fused"], results["unfused"]
+    grad_err = max(rel_err(grads["fused"][k], grads["unfused"][k]) for k in grads["unfused"])
+    return {
+        "trainer_fused_step_peak_bytes": fused["step_peak_bytes"],
+        "trainer_unfused_step_peak_bytes": unfused["step_peak_bytes"],
+        "trainer_peak_ratio_fused_over_unfused": fused["step_peak_bytes"] / unfused["step_peak_bytes"],
+        "trainer_fused_tokens_per_second": fused["tokens_per_second"],
+        "trainer_unfused_tokens_per_second": unfused["tokens_per_second"],
+        "trainer_loss_rel_err": abs(fused["loss"] - unfused["loss"]) / abs(unfused["loss"]),
+        "trainer_grad_max_rel_err": grad_err,
+        "shape": {
+            "vocab": args.vocab,
+            "tokens": args.tokens,
+            "hidden": args.trainer_hidden,
+            "layers": 1,
+            "dtype": "fp32",
+            "tp": 1,
+            "path": "SFT forward_step + train_step (packed row, 2 documents)",
+        },  # fmt: skip
+        "threads": args.threads,
+        "fused": fused,
+        "unfused": unfused,
+        "peak_definition": "rise of peak RSS (VmHWM) during the second optimizer step (after a warm-up step)",
+        "environment": environment(),
+    }
+
+
 def rel_err(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30))
 
@@ -170,15 +312,36 @@ def main() -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk-tokens", type=int, default=0, help="fused chunk size (default: the library's)")
+    p.add_argument("--trainer", action="store_true", help="one SFT trainer step instead of the kernel")
+    p.add_argument("--trainer-hidden", type=int, default=1024, help="hidden size of the --trainer model")
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--role", choices=["fused", "unfused"], help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--tensors", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.role:
-        worker(args)
+        (trainer_worker if args.trainer else worker)(args)
         return
     if not args.out:
         p.error("--out FILE is required")
+    if args.trainer:
+        out = trainer_controller(args)
+        gib = 2**30
+        print(
+            f"SFT trainer step: 1-layer GPTModel, hidden {args.trainer_hidden}, vocab {args.vocab}, "
+            f"{args.tokens} tokens (fp32, TP1, {args.threads} threads)\n"
+            f"{'train.fused_log_probs':24}{'step peak (GiB)':>17}{'tokens/s':>11}\n"
+            f"{'true':24}{out['trainer_fused_step_peak_bytes'] / gib:17.3f}"
+            f"{out['trainer_fused_tokens_per_second']:11.1f}\n"
+            f"{'false':24}{out['trainer_unfused_step_peak_bytes'] / gib:17.3f}"
+            f"{out['trainer_unfused_tokens_per_second']:11.1f}\n"
+            f"fused / unfused step peak: {out['trainer_peak_ratio_fused_over_unfused']:.3f}   "
+            f"loss rel err {out['trainer_loss_rel_err']:.1e}   grad max rel err {out['trainer_grad_max_rel_err']:.1e}"
+        )
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     out = controller(args)
     gib = 2**30
     print(

@@ -364,7 +364,9 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any] | None:
     scheduler = build_scheduler(optimizer, cfg.optimizer, total)
     prepare_model_for_training(chunks, optimizer)
     _, impl = select_layer_spec(cfg.precision)
-    forward_step = make_forward_step(cfg.model.vocab_size, "mean", True, impl == "transformer_engine")
+    forward_step = make_forward_step(
+        cfg.model.vocab_size, "mean", True, impl == "transformer_engine", fused=cfg.train.fused_log_probs
+    )
     num_mb = spec["global_batch"] // (spec["micro_batch"] * info.dp)
     steps = _load_steps(spec)
 

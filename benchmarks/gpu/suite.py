@@ -431,9 +431,8 @@ def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
     from megatron_tulu.engine.model import build_model
     from megatron_tulu.engine.optimizer import build_optimizer
     from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
+    from megatron_tulu.engine.train_step import forward_batch, prepare_model_for_training, train_step
     from megatron_tulu.losses.lm import masked_token_loss
-    from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
 
     if measure:
         hidden, ffn, heads, kv, hd, vocab = LLAMA["llama3.1_8b"]
@@ -457,31 +456,36 @@ def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
         ids = torch.randint(
             0, vocab, (1, seq + 1), device=dev, generator=torch.Generator(device=dev).manual_seed(0)
         )
-        pos = torch.arange(seq, device=dev).unsqueeze(0)
+        batch = {  # one unpacked row, every target trained: the SFT trainer's batch layout
+            "tokens": ids[:, :-1],
+            "labels": ids[:, 1:],
+            "loss_mask": torch.ones(1, seq, device=dev),
+            "position_ids": torch.arange(seq, device=dev).unsqueeze(0),
+            "document_ids": torch.zeros(1, seq, dtype=torch.long, device=dev),
+        }
+        # the trainers' forward helper with the fused log-prob head (their default); the SFT
+        # trainer's own forward_step would pull in hydra, which this machine may not have
 
         def step(it, model):
-            x = next(it)
-            logits = model(input_ids=x[:, :-1], position_ids=pos, attention_mask=None)
+            head, b = forward_batch(model, next(it), vocab_size=vocab, fused=True)
 
-            def loss_func(out):
-                loss, n = masked_token_loss(
-                    -vocab_parallel_log_probs(out, x[:, 1:], vocab), torch.ones_like(x[:, 1:])
-                )
-                return loss, n, {"loss": torch.stack([loss.detach(), n.float()])}
+            def loss_func(head):
+                loss, n = masked_token_loss(-head.log_probs(b["labels"]), b["loss_mask"])
+                return loss, n, {"loss_per_token": torch.stack([loss.detach(), n.float()])}
 
-            return logits, loss_func
+            return head, loss_func
 
         losses, times = [], []
         for _ in range(steps):
             if measure:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            res = train_step(step, iter([ids]), chunks, optimizer, None, num_microbatches=1, seq_length=seq,
+            res = train_step(step, iter([batch]), chunks, optimizer, None, num_microbatches=1, seq_length=seq,
                              micro_batch_size=1)  # fmt: skip
             if measure:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-            losses.append(float(res.metrics["loss"]) if hasattr(res, "metrics") else float("nan"))
+            losses.append(float(res.metrics["loss_per_token"]))
         finite = all(math.isfinite(x) for x in losses)
         checks.check("train step runs, loss finite", finite, losses=losses)
         out: dict[str, Any] = {

@@ -49,22 +49,24 @@ from megatron_tulu.engine.parallel import init_parallel
 from megatron_tulu.engine.train_step import Forward, forward_batch, prepare_model_for_training
 from megatron_tulu.losses.dpo import PreferenceLogps, get_dpo_loss, needs_reference
 from megatron_tulu.losses.logprobs import sequence_logps
+from megatron_tulu.losses.vocab_parallel import TokenHead
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
 
 EMBEDDED_DPO = Path(__file__).resolve().parents[1] / "assets" / "data" / "dpo.jsonl"
 SIDES = ("chosen", "rejected")
 
 
-def forward_pairs(mode: str) -> Forward:
-    """``forward(model, batch) -> (logits of [chosen; rejected] stacked on the batch dim, batch)``:
-    one pass over the concatenated rows, or one pass per side."""
+def forward_pairs(mode: str, vocab_size: int, fused: bool = True) -> Forward:
+    """``forward(model, batch) -> (output, batch)``: one pass over the concatenated rows, or one
+    pass per side; on the last stage the output is one :class:`TokenHead` of [chosen; rejected]
+    stacked on the batch dim."""
 
-    def forward(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def forward(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if mode == "concatenated":
-            return forward_batch(model, batch)
-        chosen, batch = forward_batch(model, batch, prefix="chosen_")
-        rejected, batch = forward_batch(model, batch, prefix="rejected_")
-        return torch.cat([chosen, rejected], dim=0), batch
+            return forward_batch(model, batch, vocab_size=vocab_size, fused=fused)
+        chosen, batch = forward_batch(model, batch, prefix="chosen_", vocab_size=vocab_size, fused=fused)
+        rejected, batch = forward_batch(model, batch, prefix="rejected_", vocab_size=vocab_size, fused=fused)
+        return TokenHead.cat([chosen, rejected]), batch  # separate mode runs at PP 1 only
 
     return forward
 
@@ -78,12 +80,17 @@ def stacked_targets(batch: dict[str, Any], mode: str) -> tuple[torch.Tensor, tor
     )
 
 
-def reference_stats(vocab_size: int, mode: str) -> Callable:
+def pair_logps(head: TokenHead, batch: dict[str, Any], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob sums, target counts) per row of [chosen; rejected]."""
+    labels, mask = stacked_targets(batch, mode)
+    return sequence_logps(head.log_probs(labels), mask)
+
+
+def reference_stats(mode: str) -> Callable:
     """Per-pair log-prob sums and token counts of both sides, for the reference cache."""
 
-    def stats(output: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        labels, mask = stacked_targets(batch, mode)
-        sums, counts = sequence_logps(output, labels, mask, vocab_size)
+    def stats(head: TokenHead, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        sums, counts = pair_logps(head, batch, mode)
         b = sums.shape[0] // 2
         return {
             "chosen": sums[:b],
@@ -98,14 +105,13 @@ def reference_stats(vocab_size: int, mode: str) -> Callable:
 def make_forward_step(cfg: DPORunConfig, vocab_size: int) -> Callable:
     loss_fn = get_dpo_loss(cfg.dpo.loss)
     mode = cfg.dpo.forward_mode
-    forward = forward_pairs(mode)
+    forward = forward_pairs(mode, vocab_size, cfg.train.fused_log_probs)
 
     def forward_step(data_iterator: Iterator[dict[str, Any]], model: torch.nn.Module):
-        logits, batch = forward(model, next(data_iterator))
+        out, batch = forward(model, next(data_iterator))
 
-        def loss_func(output: torch.Tensor):
-            labels, mask = stacked_targets(batch, mode)
-            sums, counts = sequence_logps(output, labels, mask, vocab_size)
+        def loss_func(head: TokenHead):
+            sums, counts = pair_logps(head, batch, mode)
             b = sums.shape[0] // 2
             logps = PreferenceLogps(
                 policy_chosen=sums[:b],
@@ -128,7 +134,7 @@ def make_forward_step(cfg: DPORunConfig, vocab_size: int) -> Callable:
             reported.update({k: torch.stack([v.detach().float().sum(), count]) for k, v in metrics.items()})
             return losses.sum(), pairs, reported
 
-        return logits, loss_func
+        return out, loss_func
 
     return forward_step
 
@@ -208,8 +214,8 @@ class DPOTrainer(SupervisedTrainer):
                     len(self.pairs),
                     make_batch_builder(self.pairs, mode, pad_id, fixed_len, None),
                     cfg.train.micro_batch_size,
-                    forward=forward_pairs(mode),
-                    sequence_stats=reference_stats(cfg.model.vocab_size, mode),
+                    forward=forward_pairs(mode, cfg.model.vocab_size, cfg.train.fused_log_probs),
+                    sequence_stats=reference_stats(mode),
                     rows_per_pair=2 if mode == "concatenated" else 1,
                 ),
             )

@@ -80,7 +80,7 @@ from megatron_tulu.losses.rl_options import (
     token_rewards_placed,
     truncated_importance_weights,
 )
-from megatron_tulu.losses.vocab_parallel import vocab_parallel_entropy, vocab_parallel_log_probs
+from megatron_tulu.losses.vocab_parallel import TokenHead
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
 from megatron_tulu.rewards import compute_rewards
 from megatron_tulu.rollout.engine import Rollout, SamplingSettings
@@ -297,47 +297,48 @@ class PolicyActor:
     def log_probs(self, micro: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """``logp`` / ``entropy`` of the current policy and ``ref_logp`` of the reference, per token
         (logits / rollout temperature, as the engine sampled)."""
-        vocab, temp, mbs = (
-            self.cfg.model.vocab_size,
-            self.cfg.rollout.temperature,
-            self.cfg.train.micro_batch_size,
-        )
+        temp, mbs = self.cfg.rollout.temperature, self.cfg.train.micro_batch_size
 
         # the engine reports raw (temperature 1) log-probs, unless TIS asked for the sampled
         # distribution's (then they compare with ``logp`` itself)
         raw = self.cfg.rollout.check_logprobs and self.cfg.rlvr.tis_cap is None
 
-        def policy_fn(out, b):
-            res = {
-                "logp": vocab_parallel_log_probs(out, b["labels"], vocab, temp),
-                "entropy": vocab_parallel_entropy(out, vocab, temp),
-            }
+        def policy_fn(head: TokenHead, b):
+            logp, entropy = head.log_probs(b["labels"], temp, with_entropy=True)
+            res = {"logp": logp, "entropy": entropy}
             if raw:
-                res["logp_raw"] = vocab_parallel_log_probs(out, b["labels"], vocab, 1.0)
+                res["logp_raw"] = head.log_probs(b["labels"], 1.0)
             return res
 
-        old = forward_only_collect(self.chunks, micro, policy_fn, mbs)
+        forward = self._forward
+        old = forward_only_collect(self.chunks, micro, policy_fn, mbs, forward=forward)
         ref = forward_only_collect(
             self.reference,
             micro,
-            lambda out, b: {"logp": vocab_parallel_log_probs(out, b["labels"], vocab, temp)},
+            lambda head, b: {"logp": head.log_probs(b["labels"], temp)},
             mbs,
+            forward=forward,
         )
         return {**old, "ref_logp": ref["logp"]}
+
+    def _forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The policy's (and reference's) forward: a TokenHead on the last stage."""
+        fused = self.cfg.train.fused_log_probs
+        return forward_batch(model, batch, vocab_size=self.cfg.model.vocab_size, fused=fused)
 
     def update(self, micro: list[dict[str, torch.Tensor]], seq: int) -> dict[str, float]:
         """One optimizer step of the clipped surrogate on ``loss_mask`` (the response tokens the
         RL options keep), TIS-weighted when ``tis_weight`` is in the batch, aggregated by
         ``rlvr.loss_aggregation``, plus ``β·KL`` when the KL is a loss term."""
-        rl, vocab, temp = self.cfg.rlvr, self.cfg.model.vocab_size, self.cfg.rollout.temperature
+        rl, temp = self.cfg.rlvr, self.cfg.rollout.temperature
         kl_loss_kind = kl_kind_of(rl) if kl_placement_of(rl) == "loss" else None
         constant = loss_constant_of(self.cfg)
 
         def step(data_iterator, model):
-            out, batch = forward_batch(model, next(data_iterator))
+            out, batch = self._forward(model, next(data_iterator))
 
-            def loss_func(output):
-                logp = vocab_parallel_log_probs(output, batch["labels"], vocab, temp)
+            def loss_func(head: TokenHead):
+                logp = head.log_probs(batch["labels"], temp)
                 mask = batch["loss_mask"]
                 loss, m = policy_loss(
                     logp,

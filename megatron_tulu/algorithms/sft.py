@@ -41,7 +41,7 @@ from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
 from megatron_tulu.engine.parallel import init_parallel
 from megatron_tulu.engine.train_step import forward_batch, prepare_model_for_training
 from megatron_tulu.losses.lm import masked_token_loss
-from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
+from megatron_tulu.losses.vocab_parallel import TokenHead
 from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
 
 EMBEDDED_SFT = Path(__file__).resolve().parents[1] / "assets" / "data" / "sft.jsonl"
@@ -62,10 +62,10 @@ def sequences_with_labels(document_ids: torch.Tensor, loss_mask: torch.Tensor) -
 
 
 def sft_loss(
-    logits: torch.Tensor, batch: dict[str, Any], vocab_size: int, reduction: str
+    head: TokenHead, batch: dict[str, Any], reduction: str
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """(numerator, global-batch denominator part, metrics) for Megatron's per-token contract."""
-    logp = vocab_parallel_log_probs(logits, batch["labels"].clamp(min=0), vocab_size)
+    logp = head.log_probs(batch["labels"])
     loss_sum, tokens = masked_token_loss(-logp, batch["loss_mask"])
     sequences = sequences_with_labels(batch["document_ids"], batch["loss_mask"]).to(tokens.device)
     denominator = sequences if reduction == "sum" else tokens
@@ -98,18 +98,24 @@ def model_inputs(batch: dict[str, Any], packing: bool, use_thd: bool) -> dict[st
     return {"input_ids": batch["tokens"], "position_ids": batch["position_ids"], "attention_mask": mask}
 
 
-def make_forward_step(vocab_size: int, reduction: str, packing: bool, use_thd: bool) -> Callable:
+def make_forward_step(
+    vocab_size: int, reduction: str, packing: bool, use_thd: bool, fused: bool = True
+) -> Callable:
     def forward_step(data_iterator: Iterator[dict[str, Any]], model: torch.nn.Module):
-        logits, batch = forward_batch(
-            model, next(data_iterator), inputs=lambda b: model_inputs(b, packing, use_thd)
+        out, batch = forward_batch(
+            model,
+            next(data_iterator),
+            inputs=lambda b: model_inputs(b, packing, use_thd),
+            vocab_size=vocab_size,
+            fused=fused,
         )
-        if use_thd and packing:
-            logits = logits.reshape(*batch["tokens"].shape, -1)
+        if use_thd and packing and isinstance(out, TokenHead):  # THD rows came as one [1, b*s]
+            out = out.reshaped(*batch["tokens"].shape)
 
-        def loss_func(output: torch.Tensor):
-            return sft_loss(output, batch, vocab_size, reduction)
+        def loss_func(head: TokenHead):
+            return sft_loss(head, batch, reduction)
 
-        return logits, loss_func
+        return out, loss_func
 
     return forward_step
 
@@ -174,7 +180,11 @@ class SFTTrainer(SupervisedTrainer):
         prepare_model_for_training(self.chunks, self.optimizer)
         _, impl = select_layer_spec(cfg.precision)
         self.forward_step = make_forward_step(
-            cfg.model.vocab_size, cfg.sft.loss_reduction, cfg.data.packing, impl == "transformer_engine"
+            cfg.model.vocab_size,
+            cfg.sft.loss_reduction,
+            cfg.data.packing,
+            impl == "transformer_engine",
+            fused=cfg.train.fused_log_probs,
         )
         self.fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None  # p2p shapes must be static
 

@@ -107,6 +107,10 @@ class TrainConfig:
     train_iters: int = 100
     log_interval: int = 1
     output_dir: str = "outputs/run"
+    # token log-probs straight from the last hidden states (megatron_tulu.kernels: no full-vocab
+    # fp32 logits kept for backward); same values and gradients as the output-layer path, which
+    # false restores
+    fused_log_probs: bool = True
 
 
 @dataclass

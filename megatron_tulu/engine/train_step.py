@@ -22,6 +22,8 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_model_config
 
+from megatron_tulu.losses.vocab_parallel import forward_head
+
 ForwardStep = Callable[[Iterator[Any], torch.nn.Module], tuple[torch.Tensor, Callable]]
 
 
@@ -149,13 +151,18 @@ def forward_batch(
     *,
     prefix: str = "",
     inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
+    vocab_size: int | None = None,
+    fused: bool = True,
+) -> tuple[Any, dict[str, Any]]:
     """The one "batch to device, then the GPTModel forward" of every trainer and check.
 
     By default ``{prefix}tokens`` and ``{prefix}position_ids`` go in (the causal mask is built by
     the model); ``inputs(batch on device) -> GPTModel kwargs`` replaces that (packed rows: a
     block-causal mask or THD ``packed_seq_params``). Returns ``(output, batch on the model's
-    device)``; the output is the logits on the last pipeline stage, the hidden states elsewhere.
+    device)``. With ``vocab_size`` the last pipeline stage's output is a
+    :class:`~megatron_tulu.losses.vocab_parallel.TokenHead` (log-probs on request; ``fused``:
+    without materialising the logits); without it the model's own output (logits, or a critic's
+    values). Earlier stages return their hidden states either way.
     """
     batch = batch_to_device(batch, model)
     if inputs is not None:
@@ -166,7 +173,9 @@ def forward_batch(
             "position_ids": batch[f"{prefix}position_ids"],
             "attention_mask": None,
         }
-    return model(**kwargs), batch
+    if vocab_size is None:
+        return model(**kwargs), batch
+    return forward_head(model, vocab_size=vocab_size, fused=fused, **kwargs), batch
 
 
 Forward = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
@@ -194,7 +203,8 @@ def forward_only_collect(
 
         def loss_func(output):
             detached = {k: v.detach().cpu() for k, v in fn(output, batch).items()}
-            return torch.zeros((), device=output.device), torch.tensor(1, dtype=torch.int), detached
+            device = next(model.parameters()).device
+            return torch.zeros((), device=device), torch.tensor(1, dtype=torch.int), detached
 
         return out, loss_func
 

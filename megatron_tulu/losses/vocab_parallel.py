@@ -9,7 +9,8 @@ the target logit; all are differentiable through Megatron's region mappings.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from megatron.core import parallel_state
@@ -107,13 +108,6 @@ def gather_vocab_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
-class TokenLogProbs(NamedTuple):
-    """What :func:`forward_token_log_probs` hands to a loss function on the last pipeline stage."""
-
-    logp: torch.Tensor  # [b, s] fp32 log p(label)
-    entropy: torch.Tensor | None  # [b, s] fp32, when asked for
-
-
 def _gpt(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module"):  # DDP / Float16Module wrappers
         model = model.module
@@ -127,7 +121,7 @@ def gpt_hidden_states(model: torch.nn.Module, **forward_kwargs: Any) -> torch.Te
     False (that is how non-last pipeline stages work), and the decoder's own final norm is fixed
     at construction, so clearing the public ``post_process`` attribute for the duration of one
     forward yields exactly the tensor the output layer would have multiplied. Under sequence
-    parallelism the result is this rank's sequence shard (see :func:`forward_token_log_probs`).
+    parallelism the result is this rank's sequence shard (see :func:`forward_head`).
     """
     gpt = _gpt(model)
     if not gpt.post_process:
@@ -147,50 +141,92 @@ def output_weight(model: torch.nn.Module) -> torch.Tensor:
     return gpt.output_layer.weight
 
 
-def forward_token_log_probs(
-    model: torch.nn.Module,
-    labels: torch.Tensor,
-    vocab_size: int,
-    temperature: float = 1.0,
-    *,
-    fused: bool = True,
-    with_entropy: bool = False,
-    **forward_kwargs: Any,
-) -> torch.Tensor | TokenLogProbs:
+@dataclass(frozen=True)
+class TokenHead:
+    """What the last pipeline stage hands its loss function: token log-probs on request.
+
+    It holds either this rank's vocab-parallel logits (the output layer ran: the unfused path) or
+    the final hidden states and this rank's output-weight rows (fused: the logits are never
+    materialised; ``megatron_tulu.kernels`` computes log-probs chunk by chunk and recomputes them
+    in backward). Both give the same values and gradients (fp32: rel 1e-5 at TP1, TP2, PP2,
+    packed rows, temperature != 1, tested); loss functions call :meth:`log_probs` and never know
+    which it is.
+    """
+
+    vocab_size: int
+    logits: torch.Tensor | None = None  # [b, s, V_local]
+    hidden: torch.Tensor | None = None  # [b, s, h], the output weight's dtype
+    weight: torch.Tensor | None = None  # [V_local, h]
+    sequence_parallel: bool = False  # hidden was gathered from the sequence-parallel region
+
+    @property
+    def fused(self) -> bool:
+        return self.logits is None
+
+    def log_probs(
+        self, labels: torch.Tensor, temperature: float = 1.0, *, with_entropy: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """fp32 log p(label) per position (labels [b, s] global ids; negative ignore labels read as
+        token 0: mask them), and the softmax entropy when ``with_entropy``."""
+        labels = labels.clamp(min=0)
+        if self.logits is not None:
+            logp = vocab_parallel_log_probs(self.logits, labels, self.vocab_size, temperature)
+            if not with_entropy:
+                return logp
+            return logp, vocab_parallel_entropy(self.logits, self.vocab_size, temperature)
+        from megatron_tulu.kernels import fused_vocab_parallel_log_probs
+
+        return fused_vocab_parallel_log_probs(
+            self.hidden,
+            self.weight,
+            labels,
+            self.vocab_size,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            # the sequence-parallel gather already reduce-scatters the hidden-state gradient
+            reduce_hidden_grad=not self.sequence_parallel,
+        )
+
+    def reshaped(self, *lead: int) -> TokenHead:
+        """The same head with its token dims viewed as ``lead`` (packed THD [1, b*s] -> [b, s])."""
+        if self.logits is not None:
+            return replace(self, logits=self.logits.reshape(*lead, self.logits.shape[-1]))
+        return replace(self, hidden=self.hidden.reshape(*lead, self.hidden.shape[-1]))
+
+    @staticmethod
+    def cat(heads: list[TokenHead]) -> TokenHead:
+        """Heads of separate forwards (DPO's chosen and rejected) stacked on the batch dim."""
+        first = heads[0]
+        if first.logits is not None:
+            return replace(first, logits=torch.cat([h.logits for h in heads]))
+        return replace(first, hidden=torch.cat([h.hidden for h in heads]))
+
+
+def forward_head(
+    model: torch.nn.Module, *, vocab_size: int, fused: bool, **forward_kwargs: Any
+) -> torch.Tensor | TokenHead:
     """One forward of a GPTModel chunk for a trainer's ``forward_step``, fused or not.
 
-    On the last pipeline stage returns :class:`TokenLogProbs` (``labels`` [b, s] global ids);
-    on earlier stages the chunk's output tensor, which Megatron's schedule sends on. With
-    ``fused=True`` the logits are never materialised: hidden states and the output weight go to
-    ``megatron_tulu.kernels.fused_vocab_parallel_log_probs`` (chunked, recomputed in backward,
-    Triton on GPU); with ``fused=False`` it is today's path (full vocab-parallel logits, then
-    :func:`vocab_parallel_log_probs`). Both give the same values and gradients (tested at TP1,
-    TP2 and PP2); the fused entropy is differentiable, the unfused one is not.
+    On the last pipeline stage returns a :class:`TokenHead`; on earlier stages the chunk's output
+    tensor, which Megatron's schedule sends on. ``fused=True`` stops before the output layer
+    (:func:`gpt_hidden_states`) and keeps its weight; ``fused=False`` runs it.
     """
     gpt = _gpt(model)
     if not gpt.post_process:
         return model(**forward_kwargs)
     if not fused:
-        logits = model(**forward_kwargs)
-        logp = vocab_parallel_log_probs(logits, labels, vocab_size, temperature)
-        ent = vocab_parallel_entropy(logits, vocab_size, temperature) if with_entropy else None
-        return TokenLogProbs(logp, ent)
-    from megatron_tulu.kernels import fused_vocab_parallel_log_probs
-
+        return TokenHead(vocab_size, logits=model(**forward_kwargs))
     hidden = gpt_hidden_states(model, **forward_kwargs)
     sequence_parallel = bool(getattr(gpt.output_layer, "sequence_parallel", False))
     if sequence_parallel:
-        # the output layer would all-gather the sequence and reduce-scatter its gradient
+        # what the output layer would do: all-gather the sequence, reduce-scatter its gradient
         hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)
-    out = fused_vocab_parallel_log_probs(
-        hidden.transpose(0, 1),
-        output_weight(model),
-        labels,
+    weight = output_weight(model)
+    # Float16Module hands the last stage's output back in fp32; the output layer would have
+    # multiplied the bf16/fp16 tensor, so go back to it (exact: the values came from it)
+    return TokenHead(
         vocab_size,
-        temperature=temperature,
-        with_entropy=with_entropy,
-        reduce_hidden_grad=not sequence_parallel,
+        hidden=hidden.transpose(0, 1).to(weight.dtype),
+        weight=weight,
+        sequence_parallel=sequence_parallel,
     )
-    if with_entropy:
-        return TokenLogProbs(*out)
-    return TokenLogProbs(out, None)

@@ -30,6 +30,8 @@ def runs(tiny, tmp_path_factory):
         "dp2": (2, ["--micro-batch", "2"]),
         "tp2": (2, ["--tp", "2"]),
         "pp2": (2, ["--pp", "2"]),
+        "tp1_unfused": (1, ["--unfused"]),
+        "tp1_separate_unfused": (1, ["--mode", "separate", "--unfused"]),
     }
     res = {}
     for name, (nproc, args) in layouts.items():
@@ -39,7 +41,9 @@ def runs(tiny, tmp_path_factory):
     return res
 
 
-@pytest.mark.parametrize("name", ["tp1_mb8", "tp1_separate", "dp2", "tp2", "pp2"])
+@pytest.mark.parametrize(
+    "name", ["tp1_mb8", "tp1_separate", "dp2", "tp2", "pp2", "tp1_unfused", "tp1_separate_unfused"]
+)
 def test_matches_tp1(runs, name):
     ref, got = runs["tp1_mb1"], runs[name]
     for side in ("chosen", "rejected"):
@@ -51,6 +55,11 @@ def test_matches_tp1(runs, name):
     )
     for key in ref["grads"]:
         assert rel_diff(got["grads"][key], ref["grads"][key]) < 1e-5, key
+
+
+def test_runs_took_the_log_prob_path_asked_for(runs):
+    assert runs["tp1_mb1"]["paths"] == runs["tp1_separate"]["paths"] == ["fused"]  # the default
+    assert runs["tp1_unfused"]["paths"] == runs["tp1_separate_unfused"]["paths"] == ["logits"]
 
 
 def test_loss_is_informative(runs):

@@ -11,17 +11,24 @@ from tests.helpers import REPO, WORKERS, rel_diff, run_torchrun
 pytestmark = pytest.mark.distributed
 
 
+_RUNS: dict[tuple, dict] = {}  # (model, processes, worker args) -> result: tests share identical runs
+
+
 def _steps(hf, tmp_path, estimator, layouts, extra=()):
     res = {}
     for name, nproc, args in layouts:
-        out = tmp_path / f"{name}.pt"
-        run_torchrun(
-            WORKERS / "ppo_step_worker.py",
-            nproc,
-            ["--hf", str(hf), "--estimator", estimator, "--out", str(out), *args, *extra],
-        )
-        res[name] = torch.load(out)
+        argv = ["--estimator", estimator, *args, *extra]
+        key = (str(hf), nproc, tuple(argv))
+        if key not in _RUNS:
+            out = tmp_path / f"{name}.pt"
+            run_torchrun(WORKERS / "ppo_step_worker.py", nproc, ["--hf", str(hf), "--out", str(out), *argv])
+            _RUNS[key] = torch.load(out)
+        res[name] = _RUNS[key]
     return res
+
+
+# GRPO runs at sampling temperature 0.7 (log-probs of logits / T in every phase), PPO at 1.0
+TEMPERATURE = {"gae": [], "grpo": ["--temperature", "0.7"]}
 
 
 def _assert_same_step(res, names):
@@ -41,7 +48,21 @@ def _assert_same_step(res, names):
 @pytest.mark.parametrize("estimator", ["gae", "grpo"])
 def test_ppo_step_matches_tp1(hf_llama, tmp_path, estimator):
     layouts = [("tp1", 1, []), ("tp2", 2, ["--tp", "2"]), ("pp2", 2, ["--pp", "2"])]
-    _assert_same_step(_steps(hf_llama, tmp_path, estimator, layouts), ("tp2", "pp2"))
+    _assert_same_step(_steps(hf_llama, tmp_path, estimator, layouts, TEMPERATURE[estimator]), ("tp2", "pp2"))
+
+
+def test_fused_log_probs_equal_the_output_layer_path(hf_llama, tmp_path):
+    """One GRPO step at rollout temperature 0.7 with train.fused_log_probs (default) and false:
+    the log-probs behind the KL, entropy and advantages, every update metric and the new weights
+    agree (TP1 and TP2, where the fused head splits the vocabulary)."""
+    layouts = [
+        ("tp1", 1, []),
+        ("unfused", 1, ["--unfused"]),
+        ("tp2_unfused", 2, ["--tp", "2", "--unfused"]),
+    ]
+    res = _steps(hf_llama, tmp_path, "grpo", layouts, TEMPERATURE["grpo"])
+    assert [res[n]["paths"] for n, _, _ in layouts] == [["fused"], ["logits"], ["logits"]]
+    _assert_same_step(res, ("unfused", "tp2_unfused"))
 
 
 @pytest.mark.vllm

@@ -21,10 +21,16 @@ def tiny(tmp_path_factory):
     return out
 
 
+_RUNS: dict[tuple, dict] = {}  # (processes, worker args) -> result: tests share identical runs
+
+
 def _run(tiny, tmp_path, name, nproc, *args):
-    out = tmp_path / f"{name}.pt"
-    run_torchrun(WORKERS / "sft_step_worker.py", nproc, ["--hf", str(tiny), "--out", str(out), *args])
-    return torch.load(out)
+    key = (str(tiny), nproc, args)
+    if key not in _RUNS:
+        out = tmp_path / f"{name}.pt"
+        run_torchrun(WORKERS / "sft_step_worker.py", nproc, ["--hf", str(tiny), "--out", str(out), *args])
+        _RUNS[key] = torch.load(out)
+    return _RUNS[key]
 
 
 def _assert_same(got, ref, key="loss_per_sequence"):
@@ -43,6 +49,23 @@ def test_packed_gradient_invariant_to_split_and_layout(tiny, tmp_path):
         ("pp2", 2, ["--pp", "2", "--micro-batch", "2"]),
     ]:
         _assert_same(_run(tiny, tmp_path, name, nproc, *args), ref)
+
+
+def test_fused_log_probs_equal_the_output_layer_path(tiny, tmp_path):
+    """train.fused_log_probs (default) vs false on packed rows: same loss and gradients, at TP1
+    (one rank, every vocabulary column) and TP2 (the vocabulary split, the hidden-state
+    gradient summed over TP) and PP2 (the head on the last stage)."""
+    for name, nproc, args in [
+        ("tp1", 1, ["--micro-batch", "2"]),
+        ("tp2", 2, ["--tp", "2", "--micro-batch", "4"]),
+        ("pp2", 2, ["--pp", "2", "--micro-batch", "2"]),
+    ]:
+        fused = _run(tiny, tmp_path, f"fused_{name}", nproc, *args)
+        unfused = _run(tiny, tmp_path, f"unfused_{name}", nproc, *args, "--unfused")
+        if name != "pp2":  # rank 0 (which saves) holds the head
+            assert (fused["paths"], unfused["paths"]) == (["fused"], ["logits"])
+        _assert_same(fused, unfused)
+        _assert_same(fused, unfused, "loss_per_token")
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

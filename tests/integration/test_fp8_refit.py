@@ -1,4 +1,5 @@
-"""FP8 refit on CPU: Megatron learner TP2 (fp32) -> blockwise-FP8 vLLM CPU engine TP2 (bf16).
+"""FP8 refit on CPU: Megatron learner (fp32) TP2 and TP1xPP2 -> blockwise-FP8 vLLM CPU engine TP2
+(bf16).
 
 The tiny model's KV rows per TP2 rank (2 groups x head_dim 64 / 2 = 64) cut 128x128 blocks, so
 this test builds its own small Llama with the tiny builder: hidden 256, 4 heads of head_dim 128,
@@ -6,15 +7,18 @@ this test builds its own small Llama with the tiny builder: hidden 256, 4 heads 
 
 vLLM CPU 0.32 refuses block-FP8 without AMX; the engine process runs with the test shim
 ``tests/shims/amx_check`` on ``PYTHONPATH`` (it reaches vLLM's spawned workers too). Runs with ``MEGATRON_TULU_FULL_FP8=1`` (CI time budget). Checked
-(``workers/fp8_refit_driver.py``):
+(``workers/fp8_refit_driver.py``, once per learner layout: TP2, and TP1xPP2 where each pipeline
+stage sends its own layers' slices straight to both engine ranks):
 
 - each engine rank receives exactly its FP8 shard (e4m3 GEMM weights + fp32 block scales, bf16
   embeddings / lm_head / norms): bytes received == planned shard; the ratio to its bf16 shard is
-  reported (GEMM weights alone: 0.5 + 2/16384);
+  reported (GEMM weights alone: 0.5 + 2/16384); each learner rank sends exactly its planned
+  slices;
 - greedy output after the first refit equals an engine that loaded the same weights quantized
   offline (and differs from the engine's start weights), log-probs equal too;
 - log-probs after each refit within ``FP8_LOGPROB_ATOL`` of the fp32 learner's; the optimizer
-  step moves both.
+  step moves both;
+- the RLVR CLI on FP8 engines with truncated importance sampling, learner PP1 and PP2.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ pytestmark = [
     pytest.mark.distributed,
     pytest.mark.skipif(
         not os.environ.get("MEGATRON_TULU_FULL_FP8"),
-        reason="full FP8 set only (MEGATRON_TULU_FULL_FP8=1; ~4 min on two cores); CI runs the FP8 "
+        reason="full FP8 set only (MEGATRON_TULU_FULL_FP8=1; ~5 min on two cores); CI runs the FP8 "
         "planner/transport unit tests (tests/unit/bridge/test_fp8_plan_and_transport.py)",
     ),
 ]
@@ -76,9 +80,15 @@ def build_fp8_test_model(out, seed: int = 0):
         return build_tiny_model(out, seed=seed)
 
 
-@pytest.fixture(scope="module")
-def fp8_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fp8_refit")
+# learner (TP, PP) -> the FP8 engine at TP2
+LEARNER_LAYOUTS = {"learner_tp2": (2, 1), "learner_tp1pp2": (1, 2)}
+ENGINE_TP = 2
+
+
+@pytest.fixture(scope="module", params=list(LEARNER_LAYOUTS))
+def fp8_run(request, tmp_path_factory):
+    ltp, lpp = LEARNER_LAYOUTS[request.param]
+    root = tmp_path_factory.mktemp(f"fp8_refit_{request.param}")
     hf = build_fp8_test_model(root / "learner", seed=0)
     start = build_fp8_test_model(root / "start", seed=1)
     cmd = [
@@ -90,6 +100,12 @@ def fp8_run(tmp_path_factory):
         str(start),
         "--workdir",
         str(root),
+        "--learner-tp",
+        str(ltp),
+        "--learner-pp",
+        str(lpp),
+        "--engine-tp",
+        str(ENGINE_TP),
     ]
     env = dict(
         os.environ,
@@ -103,7 +119,10 @@ def fp8_run(tmp_path_factory):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = json.loads(lines[-1][len("RESULT ") :])
+    assert (run["learner_tp"], run["learner_pp"], run["engine_tp"]) == (ltp, lpp, ENGINE_TP)
+    assert len(run["learner_ranks"]) == ltp * lpp
     run["hf"] = str(hf)
+    run["layout"] = request.param
     return run
 
 
@@ -121,7 +140,8 @@ def _plan(run):
     from megatron_tulu.rollout.bridge.planner import plan_refit
 
     cfg = model_config_from_hf(run["hf"])
-    return plan_refit(LearnerLayout(2, 1, 1, cfg, 4), EngineLayout(2, weight_dtype="fp8_block"))
+    learner = LearnerLayout(run["learner_tp"], run["learner_pp"], 1, cfg, 4)
+    return plan_refit(learner, EngineLayout(run["engine_tp"], weight_dtype="fp8_block"))
 
 
 def test_fp8_test_model_is_block_aligned_and_tiny_is_refused(tmp_path):
@@ -142,29 +162,34 @@ def test_each_engine_rank_receives_exactly_its_fp8_shard(fp8_run):
     from megatron_tulu.rollout.bridge.layouts import box_numel, fp8_quantized
 
     plan = _plan(fp8_run)
+    layout = fp8_run["layout"]
     for k, rnd in enumerate(fp8_run["rounds"]):
         workers = rnd["workers"]
-        assert sorted(w["rank"] for w in workers) == [0, 1]
+        assert sorted(w["rank"] for w in workers) == list(range(fp8_run["engine_tp"]))
         for w in workers:
             assert w["weight_dtype"] == "fp8_block"
             assert w["bytes_received"] == w["shard_bytes"] == plan.shard_bytes[(0, w["rank"])], w
             ratio = w["bytes_received"] / w["bf16_shard_bytes"]
             gemm = [t for t in plan.for_receiver(0, w["rank"]) if fp8_quantized(t.hf_name)]
             gemm_ratio = sum(t.nbytes for t in gemm) / sum(2 * box_numel(t.dst_slice) for t in gemm)
-            print(f"round {k} engine rank {w['rank']}: received / bf16 shard = {ratio:.6f} "
+            print(f"{layout} round {k} engine rank {w['rank']}: received / bf16 shard = {ratio:.6f} "
                   f"({w['bytes_received']} / {w['bf16_shard_bytes']} bytes, scales included); "
                   f"GEMM weights alone {gemm_ratio:.6f}")  # fmt: skip
             assert gemm_ratio == 0.5 + 2 / 16384
             assert 0.5 < ratio < 0.7  # this model's bf16 embeddings / lm_head are 30% of a shard
         sent = sum(r["rounds"][k]["send"][0]["bytes_sent"] for r in fp8_run["learner_ranks"])
         assert sent == sum(w["bytes_received"] for w in workers)
+        # every learner rank (every pipeline stage) sends exactly its planned slices
+        for r in fp8_run["learner_ranks"]:
+            planned = sum(t.nbytes for t in plan.transfers if t.src_rank == r["rank"])
+            assert planned > 0 and r["rounds"][k]["send"][0]["bytes_sent"] == planned, (r["rank"], k)
 
 
 def test_greedy_after_refit_equals_offline_fp8_engine(fp8_run):
     offline = fp8_run["offline"]
     after = fp8_run["rounds"][0]
     same = max_abs_diff(after["logprobs"], offline["logprobs"])
-    print(f"greedy after refit == offline FP8 engine: {after['greedy'] == offline['greedy']} "
+    print(f"{fp8_run['layout']}: greedy after refit == offline FP8 engine: {after['greedy'] == offline['greedy']} "
           f"({sum(map(len, offline['greedy']))} tokens); max |dlogp| refit vs offline = {same:g}")  # fmt: skip
     assert after["greedy"] == offline["greedy"]
     assert fp8_run["greedy_before"] != offline["greedy"]  # the refit replaced other weights
@@ -177,19 +202,21 @@ def test_logprobs_after_refit_within_fp8_tolerance_of_learner(fp8_run):
     for k, rnd in enumerate(fp8_run["rounds"]):
         d = max_abs_diff(rnd["logprobs"], _learner_logprobs(fp8_run, k))
         diffs.append(d)
-        print(f"round {k}: max |logp_vllm_fp8 - logp_learner_fp32| = {d:.5f}")
+        print(f"{fp8_run['layout']} round {k}: max |logp_vllm_fp8 - logp_learner_fp32| = {d:.5f}")
         assert d < FP8_LOGPROB_ATOL, f"round {k}: {d}"
     # the optimizer step changed the weights; the FP8 engine follows
     moved = max_abs_diff(_learner_logprobs(fp8_run, 0), _learner_logprobs(fp8_run, 1))
-    print(f"optimizer step moved the learner's log-probs by up to {moved:.4f}")
+    print(f"{fp8_run['layout']}: optimizer step moved the learner's log-probs by up to {moved:.4f}")
     assert moved > 2 * max(diffs)
     assert max_abs_diff(fp8_run["rounds"][0]["logprobs"], fp8_run["rounds"][1]["logprobs"]) > max(diffs)
 
 
-def test_rlvr_with_fp8_engines_and_importance_sampling(tmp_path):
+@pytest.mark.parametrize("pp", [1, 2], ids=["learner_pp1", "learner_pp2"])
+def test_rlvr_with_fp8_engines_and_importance_sampling(tmp_path, pp):
     """``rollout.weight_dtype=fp8_block`` end to end: the RL job starts its engine on the FP8
     export, refits FP8 shards after every update (bytes ÷ planned FP8 shard = 1.00), and corrects
-    the bf16/FP8-rollout vs fp32-learner mismatch with truncated importance sampling."""
+    the bf16/FP8-rollout vs fp32-learner mismatch with truncated importance sampling. PP2: two
+    learner ranks, each pipeline stage refits its own layers into the (colocated, TP1) engine."""
     hf = build_fp8_test_model(tmp_path / "model", seed=0)
     out = tmp_path / "run"
     env = dict(
@@ -216,12 +243,13 @@ def test_rlvr_with_fp8_engines_and_importance_sampling(tmp_path):
         "rlvr.eval_every=0",
         "logging.progress_bar=false",
         "logging.tensorboard=false",
+        f"parallel.pp={pp}",
     ]
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nproc_per_node=1",
+        f"--nproc_per_node={pp}",
         f"--master_port={free_port()}",
     ]
     with open(tmp_path / "run.log", "w") as log:
@@ -239,6 +267,10 @@ def test_rlvr_with_fp8_engines_and_importance_sampling(tmp_path):
     assert len(steps) == 2
     assert (out / "engine_weights" / "fp8_block-rank0" / "config.json").is_file()
     for row in steps:
+        print(f"rlvr learner pp{pp} step {row['step']}: refit bytes / planned FP8 shard = "
+              f"{row['refit_bytes_over_shard_min']}..{row['refit_bytes_over_shard_max']}, engine log-prob "
+              f"gap max {row['rollout/engine_logprob_gap_max']:.5f}, "
+              f"tis weight mean {row['policy/tis_weight_mean']:.5f}")  # fmt: skip
         assert row["refit_bytes_over_shard_max"] == 1.0 and row["refit_bytes_over_shard_min"] == 1.0
         # the engine samples from FP8 weights: its log-probs differ from the learner's by the FP8
         # error, which the importance weights (ratio learner / engine, capped at 2) correct

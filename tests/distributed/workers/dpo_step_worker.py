@@ -2,6 +2,7 @@
 
 import argparse
 
+import head_spy  # records the log-prob path taken
 import torch
 
 from megatron_tulu.algorithms.dpo import (
@@ -33,13 +34,20 @@ def main() -> None:
     p.add_argument("--mode", default="concatenated")
     p.add_argument("--loss", default="dpo_norm")
     p.add_argument("--out", required=True)
+    p.add_argument("--unfused", action="store_true", help="train.fused_log_probs=false")
     args = p.parse_args()
 
     model_cfg = model_config_from_hf(args.hf)
     parallel = ParallelConfig(tp=args.tp, pp=args.pp)
     info = init_parallel(model_cfg, parallel, seed=1)
     cfg = load_config(
-        [f"dpo.loss={args.loss}", f"dpo.forward_mode={args.mode}"], config_name="dpo", schema=DPORunConfig
+        [
+            f"dpo.loss={args.loss}",
+            f"dpo.forward_mode={args.mode}",
+            f"train.fused_log_probs={not args.unfused}",
+        ],
+        config_name="dpo",
+        schema=DPORunConfig,
     )
     tok = load_tokenizer(args.hf)
     pairs, _ = load_preference_examples([str(EMBEDDED_DPO)], tok, max_seq_len=256)
@@ -52,8 +60,8 @@ def main() -> None:
         len(pairs),
         make_batch_builder(pairs, args.mode, 1, fixed, None),
         args.micro_batch,
-        forward=forward_pairs(args.mode),
-        sequence_stats=reference_stats(model_cfg.vocab_size, args.mode),
+        forward=forward_pairs(args.mode, model_cfg.vocab_size, cfg.train.fused_log_probs),
+        sequence_stats=reference_stats(args.mode),
         rows_per_pair=2 if args.mode == "concatenated" else 1,
     )
     # perturb the reference so the loss is not at its trivial starting point (policy == reference)
@@ -78,7 +86,7 @@ def main() -> None:
     )
     grads = collect_hf_state_on_rank0(chunks, model_cfg, accessor=lambda prm: prm.main_grad)
     if info.rank == 0:
-        torch.save({"ref": ref, "metrics": res.metrics, "grads": grads}, args.out)
+        torch.save({"ref": ref, "metrics": res.metrics, "grads": grads, "paths": head_spy.paths()}, args.out)
     destroy_parallel()
 
 

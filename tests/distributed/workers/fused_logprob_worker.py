@@ -1,7 +1,7 @@
 """Worker: fused vs unfused token log-probs through the real GPTModel at a TP x PP layout.
 
 Runs one forward+backward through Megatron's schedule twice on the same weights and batch, with
-``forward_token_log_probs(fused=False)`` (full vocab-parallel logits) and ``fused=True`` (hidden
+``forward_head(fused=False)`` (full vocab-parallel logits) and ``fused=True`` (hidden
 states + output weight into megatron_tulu.kernels), temperature 0.7, and saves per-rank values
 and every local parameter gradient of both. Also runs the kernel alone on the TP group with a
 differentiable entropy term against the unfused kernel reference.
@@ -18,8 +18,8 @@ from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
 from megatron_tulu.engine.train_step import forward_backward
 from megatron_tulu.losses.vocab_parallel import (
-    TokenLogProbs,
-    forward_token_log_probs,
+    TokenHead,
+    forward_head,
     gpt_hidden_states,
     output_weight,
 )
@@ -41,21 +41,15 @@ def run(chunks, vocab: int, fused: bool) -> dict:
 
     def step(it, model):
         next(it)
-        out = forward_token_log_probs(
-            model,
-            y,
-            vocab,
-            TEMP,
-            fused=fused,
-            with_entropy=True,
-            input_ids=x,
-            position_ids=pos,
-            attention_mask=None,
+        out = forward_head(
+            model, vocab_size=vocab, fused=fused, input_ids=x, position_ids=pos, attention_mask=None
         )
 
-        def loss_func(o: TokenLogProbs):
-            seen["logp"], seen["entropy"] = o.logp.detach().clone(), o.entropy.detach().clone()
-            loss = (o.logp * coef).sum()
+        def loss_func(head: TokenHead):
+            assert head.fused == fused
+            logp, entropy = head.log_probs(y, TEMP, with_entropy=True)
+            seen["logp"], seen["entropy"] = logp.detach().clone(), entropy.detach().clone()
+            loss = (logp * coef).sum()
             return loss, torch.tensor(1, dtype=torch.int), {"loss": loss.detach().reshape(1)}
 
         return out, loss_func

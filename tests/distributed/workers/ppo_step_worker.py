@@ -5,6 +5,7 @@ import argparse
 import json
 import random
 
+import head_spy  # records the log-prob path taken
 import torch
 
 from megatron_tulu.algorithms.rlvr import PolicyActor, RolloutSample, ValueCritic, ppo_updates, prepare_batch
@@ -46,6 +47,8 @@ def main() -> None:
     p.add_argument("--estimator", default="gae")
     p.add_argument("--out", required=True)
     p.add_argument("--rollouts", help="JSON list of RolloutSample fields (default: synthetic rollouts)")
+    p.add_argument("--unfused", action="store_true", help="train.fused_log_probs=false")
+    p.add_argument("--temperature", type=float, default=1.0)
     args = p.parse_args()
     cfg = RLVRRunConfig()
     cfg.model = model_config_from_hf(args.hf)
@@ -54,6 +57,8 @@ def main() -> None:
     cfg.rollout.samples_per_prompt = 2 if args.estimator == "grpo" else 1
     cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens = 12, 12
     cfg.train.micro_batch_size = 2
+    cfg.train.fused_log_probs = not args.unfused
+    cfg.rollout.temperature = args.temperature
     cfg.optimizer.lr, cfg.optimizer.warmup_ratio, cfg.optimizer.adam_eps = 1e-3, 0.0, 1e-4
     info = init_parallel(cfg.model, cfg.parallel, seed=3)
     policy = build_model(cfg.model, cfg.parallel, cfg.precision)
@@ -82,7 +87,14 @@ def main() -> None:
     weights = collect_hf_state_on_rank0(policy, cfg.model)
     if info.rank == 0:
         torch.save(
-            {"stats": stats, "updates": upd, "advantages": data["advantages"], "weights": weights}, args.out
+            {
+                "stats": stats,
+                "updates": upd,
+                "advantages": data["advantages"],
+                "weights": weights,
+                "paths": head_spy.paths(),
+            },
+            args.out,
         )
     destroy_parallel()
 

@@ -6,6 +6,7 @@ the packed and the unpacked forward of the same examples.
 
 import argparse
 
+import head_spy  # records the log-prob path taken
 import torch
 
 from megatron_tulu.algorithms.sft import EMBEDDED_SFT, make_forward_step
@@ -33,6 +34,7 @@ def main() -> None:
     p.add_argument("--mode", choices=["packed", "padded", "padded_fixed", "per_token"], default="packed")
     p.add_argument("--reduction", default="sum")
     p.add_argument("--out", required=True)
+    p.add_argument("--unfused", action="store_true", help="log-probs from the output layer's logits")
     args = p.parse_args()
 
     cfg = model_config_from_hf(args.hf)
@@ -90,7 +92,9 @@ def main() -> None:
             pad_batch(m, pad_to=SEQ if args.mode == "padded_fixed" or args.pp > 1 else None, pad_id=1)
             for m in mbs
         ]
-    step = make_forward_step(cfg.vocab_size, args.reduction, packing=args.mode == "packed", use_thd=False)
+    step = make_forward_step(
+        cfg.vocab_size, args.reduction, packing=args.mode == "packed", use_thd=False, fused=not args.unfused
+    )
     res = train_step(
         step,
         iter(micro),
@@ -103,7 +107,10 @@ def main() -> None:
     )
     grads = collect_hf_state_on_rank0(chunks, cfg, accessor=lambda prm: prm.main_grad)
     if info.rank == 0:
-        torch.save({"metrics": res.metrics, "grads": grads, "grad_norm": res.grad_norm}, args.out)
+        torch.save(
+            {"metrics": res.metrics, "grads": grads, "grad_norm": res.grad_norm, "paths": head_spy.paths()},
+            args.out,
+        )
     destroy_parallel()
 
 

@@ -1,4 +1,5 @@
-"""Driver: a Megatron learner (TP2, fp32) refits a blockwise-FP8 vLLM CPU engine (TP2, bf16).
+"""Driver: a Megatron learner (fp32; TP2 by default, ``--learner-tp/--learner-pp``, e.g. TP1xPP2)
+refits a blockwise-FP8 vLLM CPU engine (``--engine-tp``, TP2 by default; bf16).
 
 Run with ``tests/shims/amx_check`` on ``PYTHONPATH`` and ``MEGATRON_TULU_TEST_RELAX_AMX=1`` (the
 test shim that lets vLLM CPU pick its block-FP8 kernel without AMX); the torchrun learner gets
@@ -6,13 +7,14 @@ neither.
 
 1. Engine A starts on the offline FP8 export of *other* weights (``--start-hf``, another seed):
    greedy continuations before any refit.
-2. A torchrun learner (``refit_learner.py --weight-dtype fp8_block``) loads ``--hf`` and refits A
-   twice (round 0: the HF weights, with checksums; round 1: after one optimizer step). After each
-   round: A's worker stats, log-probs of fixed sequences and greedy continuations.
+2. A torchrun learner (``refit_learner.py --weight-dtype fp8_block``, ``--learner-tp`` x
+   ``--learner-pp`` ranks; each PP stage sends its own layers) loads ``--hf`` and refits A twice
+   (round 0: the HF weights, with checksums; round 1: after one optimizer step). After each round:
+   A's worker stats, log-probs of fixed sequences and greedy continuations.
 3. Engine A closes; engine B starts on the offline FP8 export of ``--hf``: greedy continuations
    and log-probs (what round 0 must reproduce).
 
-Prints ``RESULT {json}``.
+Prints ``RESULT {json}`` (with the layouts: ``learner_tp``, ``learner_pp``, ``engine_tp``).
 """
 
 import argparse
@@ -31,12 +33,11 @@ SEQUENCES = [
     [17, 300, 1200, 2500, 3100, 800, 45],
 ]
 PROMPTS = [seq[:4] for seq in SEQUENCES]
-TP = 2
 
 
-def engine_kwargs() -> dict:
+def engine_kwargs(tp: int) -> dict:
     return dict(
-        tp=TP,
+        tp=tp,
         dtype="bfloat16",
         weight_dtype="fp8_block",
         seed=0,
@@ -58,7 +59,11 @@ def main() -> None:
     p.add_argument("--start-hf", required=True, help="other weights engine A starts from")
     p.add_argument("--workdir", required=True)
     p.add_argument("--bucket-bytes", type=int, default=1 << 20)
+    p.add_argument("--learner-tp", type=int, default=2)
+    p.add_argument("--learner-pp", type=int, default=1)
+    p.add_argument("--engine-tp", type=int, default=2)
     args = p.parse_args()
+    ltp, lpp, etp = args.learner_tp, args.learner_pp, args.engine_tp
 
     from megatron_tulu.models.fp8_export import engine_model_dir
     from megatron_tulu.models.hf_io import model_config_from_hf
@@ -71,16 +76,22 @@ def main() -> None:
     cfg = model_config_from_hf(args.hf)
     start_fp8 = engine_model_dir(args.start_hf, "fp8_block", work / "start-fp8")
     offline_fp8 = engine_model_dir(args.hf, "fp8_block", work / "offline-fp8")
-    result: dict = {"sequences": SEQUENCES, "prompts": PROMPTS}
+    result: dict = {
+        "sequences": SEQUENCES,
+        "prompts": PROMPTS,
+        "learner_tp": ltp,
+        "learner_pp": lpp,
+        "engine_tp": etp,
+    }
 
     t0 = time.perf_counter()
-    engine = RolloutEngine(start_fp8, **engine_kwargs())
+    engine = RolloutEngine(start_fp8, **engine_kwargs(etp))
     result["engine_start_seconds"] = time.perf_counter() - t0
     try:
         result["greedy_before"] = greedy(engine)
         spec = RefitSpec(
-            LearnerLayout(tp=TP, pp=1, dp=1, model=cfg, dtype_bytes=4),
-            EngineLayout(tp=TP, weight_dtype="fp8_block"),
+            LearnerLayout(tp=ltp, pp=lpp, dp=1, model=cfg, dtype_bytes=4),
+            EngineLayout(tp=etp, weight_dtype="fp8_block"),
             "float32",
         )
         port = free_port()
@@ -89,13 +100,15 @@ def main() -> None:
             sys.executable,
             "-m",
             "torch.distributed.run",
-            f"--nproc_per_node={TP}",
+            f"--nproc_per_node={ltp * lpp}",
             f"--master_port={free_port()}",
             str(REPO / "tests/integration/workers/refit_learner.py"),
             "--hf",
             args.hf,
             "--tp",
-            str(TP),
+            str(ltp),
+            "--pp",
+            str(lpp),
             "--sequences",
             json.dumps(SEQUENCES),
             "--bucket-bytes",
@@ -103,7 +116,7 @@ def main() -> None:
             "--weight-dtype",
             "fp8_block",
             "--engine",
-            f"127.0.0.1:{port}:{TP}",
+            f"127.0.0.1:{port}:{etp}",
             "--out",
             str(out),
         ]
@@ -136,13 +149,13 @@ def main() -> None:
         if rc != 0:
             raise RuntimeError("learner failed:\n" + (out / "learner.log").read_text()[-6000:])
         result["rounds"] = rounds
-        result["learner_ranks"] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(TP)]
+        result["learner_ranks"] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(ltp * lpp)]
     finally:
         engine.close()
     del engine
 
     t0 = time.perf_counter()
-    offline = RolloutEngine(offline_fp8, **engine_kwargs())
+    offline = RolloutEngine(offline_fp8, **engine_kwargs(etp))
     result["offline_start_seconds"] = time.perf_counter() - t0
     try:
         result["offline"] = {"greedy": greedy(offline), "logprobs": offline.sequence_logprobs(SEQUENCES)}

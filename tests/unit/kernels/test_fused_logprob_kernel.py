@@ -198,3 +198,27 @@ def test_top_level_kernels_name_stays_empty():
     from transformers.utils.import_utils import is_kernels_available
 
     assert is_kernels_available() is False
+
+
+def test_bf16_weight_gradient_is_rounded_once_not_per_chunk():
+    """bf16 weights, 64 chunks: the fused weight gradient equals the fp32 gradient rounded to bf16
+    (one rounding, as the unfused path's single GEMM), not a bf16 sum of 64 rounded partials."""
+    g = torch.Generator().manual_seed(3)
+    tokens, hidden, vocab = 512, 64, 200
+    h32 = torch.randn(tokens, hidden, generator=g)
+    w32 = torch.randn(vocab, hidden, generator=g) / hidden**0.5
+    t = torch.randint(0, vocab, (tokens,), generator=g)
+
+    def weight_grad(dtype, fn, **kw):
+        w = w32.to(dtype).detach().clone().requires_grad_()
+        fn(h32.to(dtype), w, t, vocab, tp_group=None, **kw).sum().backward()
+        return w.grad
+
+    exact = weight_grad(torch.float32, unfused_vocab_parallel_log_probs)
+    fused = weight_grad(torch.bfloat16, fused_vocab_parallel_log_probs, chunk_tokens=8)
+    unfused = weight_grad(torch.bfloat16, unfused_vocab_parallel_log_probs)
+    assert fused.dtype == torch.bfloat16
+    err_fused, err_unfused = rel(fused, exact), rel(unfused, exact)
+    # bf16 keeps 8 bits: one rounding of the product is ~2^-9 relative; 64 would be far more
+    assert err_fused < 2**-7, (err_fused, err_unfused)
+    assert err_fused <= 2 * err_unfused + 2**-9, (err_fused, err_unfused)
