@@ -221,4 +221,5 @@ def test_bf16_weight_gradient_is_rounded_once_not_per_chunk():
     err_fused, err_unfused = rel(fused, exact), rel(unfused, exact)
     # bf16 keeps 8 bits: one rounding of the product is ~2^-9 relative; 64 would be far more
     assert err_fused < 2**-7, (err_fused, err_unfused)
-    assert err_fused <= 2 * err_unfused + 2**-9, (err_fused, err_unfused)
+    # measured: equal (0.25% of the largest entry); the per-chunk bf16 sum this replaced: 1.68%
+    assert err_fused <= 1.5 * err_unfused, (err_fused, err_unfused)
