@@ -106,7 +106,20 @@ def test_sync_and_async_staleness(setup, tmp_path):
         assert key in first, key
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        # async resumes strictly more (the pending batch too); sync runs with the fault set
+        pytest.param(
+            "sync",
+            marks=pytest.mark.skipif(
+                not os.environ.get("MEGATRON_TULU_FULL_FAULTS"),
+                reason="full fault set only (MEGATRON_TULU_FULL_FAULTS=1): CI time budget",
+            ),
+        ),
+        "async",
+    ],
+)
 def test_kill9_then_resume_is_exact(setup, tmp_path, mode):
     extra = ["rlvr.async_mode=true"] if mode == "async" else []
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
