@@ -207,25 +207,11 @@ def trainer_worker(args: argparse.Namespace) -> None:
 
 
 def trainer_controller(args: argparse.Namespace) -> dict:
-    import torch
-
     from benchmarks.common import free_port
 
-    results, grads = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for role in ("fused", "unfused"):
-            res_path, ten_path = Path(tmp) / f"{role}.json", Path(tmp) / f"{role}.pt"
-            cmd = [
-                sys.executable, __file__, "--trainer", "--role", role, "--result", str(res_path),
-                "--tensors", str(ten_path), "--vocab", str(args.vocab), "--tokens", str(args.tokens),
-                "--trainer-hidden", str(args.trainer_hidden), "--threads", str(args.threads),
-                "--port", str(free_port()),
-            ]  # fmt: skip
-            print(f"running trainer step, {role} ...", flush=True)
-            results[role] = run_worker(
-                cmd, res_path, env=thread_env(args.threads), timeout=3600, log_path=Path(tmp) / f"{role}.log"
-            )
-            grads[role] = torch.load(ten_path)["grads"]
+    extra = ["--trainer", "--trainer-hidden", str(args.trainer_hidden), "--port", str(free_port())]
+    results, tensors = run_roles(args, extra, "trainer step, ")
+    grads = {role: t["grads"] for role, t in tensors.items()}
     fused, unfused = results["fused"], results["unfused"]
     grad_err = max(rel_err(grads["fused"][k], grads["unfused"][k]) for k in grads["unfused"])
     return {
@@ -257,26 +243,31 @@ def rel_err(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30))
 
 
-def controller(args: argparse.Namespace) -> dict:
+def run_roles(args: argparse.Namespace, extra: list[str], label: str = "") -> tuple[dict, dict]:
+    """Run this script as the fused and the unfused worker; (their JSON results, their tensors)."""
     import torch
 
-    results = {}
-    tensors = {}
+    results, tensors = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for role in ("fused", "unfused"):
             res_path, ten_path = Path(tmp) / f"{role}.json", Path(tmp) / f"{role}.pt"
             cmd = [
                 sys.executable, __file__, "--role", role, "--result", str(res_path), "--tensors", str(ten_path),
-                "--vocab", str(args.vocab), "--tokens", str(args.tokens), "--hidden", str(args.hidden),
-                "--dtype", args.dtype, "--threads", str(args.threads),
+                "--vocab", str(args.vocab), "--tokens", str(args.tokens), "--threads", str(args.threads), *extra,
             ]  # fmt: skip
-            if args.chunk_tokens:
-                cmd += ["--chunk-tokens", str(args.chunk_tokens)]
-            print(f"running {role} ...", flush=True)
+            print(f"running {label}{role} ...", flush=True)
             results[role] = run_worker(
                 cmd, res_path, env=thread_env(args.threads), timeout=3600, log_path=Path(tmp) / f"{role}.log"
             )
             tensors[role] = torch.load(ten_path)
+    return results, tensors
+
+
+def controller(args: argparse.Namespace) -> dict:
+    extra = ["--hidden", str(args.hidden), "--dtype", args.dtype]
+    if args.chunk_tokens:
+        extra += ["--chunk-tokens", str(args.chunk_tokens)]
+    results, tensors = run_roles(args, extra)
     errs = {k: rel_err(tensors["fused"][k], tensors["unfused"][k]) for k in tensors["unfused"]}
     fused, unfused = results["fused"], results["unfused"]
     out = {
@@ -338,21 +329,18 @@ def main() -> None:
             f"fused / unfused step peak: {out['trainer_peak_ratio_fused_over_unfused']:.3f}   "
             f"loss rel err {out['trainer_loss_rel_err']:.1e}   grad max rel err {out['trainer_grad_max_rel_err']:.1e}"
         )
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.out}")
-        return
-    out = controller(args)
-    gib = 2**30
-    print(
-        f"vocab {args.vocab} x tokens {args.tokens} x hidden {args.hidden} ({args.dtype}, {args.threads} threads)\n"
-        f"{'':10}{'peak (GiB)':>12}{'+ weight grad':>15}{'tokens/s':>11}\n"
-        f"{'fused':10}{out['fused_peak_bytes'] / gib:12.3f}{out['fused_peak_bytes_incl_weight_grad'] / gib:15.3f}"
-        f"{out['fused_tokens_per_second']:11.1f}\n"
-        f"{'unfused':10}{out['unfused_peak_bytes'] / gib:12.3f}{out['unfused_peak_bytes_incl_weight_grad'] / gib:15.3f}"
-        f"{out['unfused_tokens_per_second']:11.1f}\n"
-        f"fused / unfused peak: {out['peak_ratio_fused_over_unfused']:.3f}   max rel err: {out['max_rel_err']:.2e}"
-    )
+    else:
+        out = controller(args)
+        gib = 2**30
+        print(
+            f"vocab {args.vocab} x tokens {args.tokens} x hidden {args.hidden} ({args.dtype}, {args.threads} threads)\n"
+            f"{'':10}{'peak (GiB)':>12}{'+ weight grad':>15}{'tokens/s':>11}\n"
+            f"{'fused':10}{out['fused_peak_bytes'] / gib:12.3f}{out['fused_peak_bytes_incl_weight_grad'] / gib:15.3f}"
+            f"{out['fused_tokens_per_second']:11.1f}\n"
+            f"{'unfused':10}{out['unfused_peak_bytes'] / gib:12.3f}{out['unfused_peak_bytes_incl_weight_grad'] / gib:15.3f}"
+            f"{out['unfused_tokens_per_second']:11.1f}\n"
+            f"fused / unfused peak: {out['peak_ratio_fused_over_unfused']:.3f}   max rel err: {out['max_rel_err']:.2e}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -367,6 +367,10 @@ class _FusedLogProbs(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None, None, None, None, None
 
 
+# torch.mm(..., out_dtype=) (bf16/fp16 inputs, fp32 output) exists from torch 2.9 on CUDA
+_MM_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 9)
+
+
 def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """``acc += a @ b`` with ``acc`` fp32 and ``a``, ``b`` in the model dtype, without rounding the
     product to that dtype: a half-precision GEMM with fp32 output on CUDA (torch >= 2.9), fp32
@@ -377,10 +381,6 @@ def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.add_(torch.mm(a, b, out_dtype=torch.float32))
     else:
         acc.addmm_(a.float(), b.float())
-
-
-# torch.mm(..., out_dtype=) (bf16/fp16 inputs, fp32 output) exists from torch 2.9 on CUDA
-_MM_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 9)
 
 
 def fused_vocab_parallel_log_probs(
