@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .triton_launch import TritonLaunch
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
 BLOCK = 128
@@ -102,16 +104,20 @@ def _triton_kernels() -> dict[str, Any]:
     import triton
     import triton.language as tl
 
+    # One program per BLOCK x BLOCK block. Addresses: one 64-bit base per block, 32-bit offsets
+    # inside it (BLOCK * stride < 2**31 for any weight row shorter than 16M elements); 64-bit
+    # offsets per element cost two registers each and made these kernels spill on sm_90.
+
     @triton.jit
     def quant_kernel(x_ptr, q_ptr, s_ptr, rows, cols, stride_x, stride_q, n_bcols, fp8_max,
                      BLOCK: tl.constexpr):  # fmt: skip
         bi = tl.program_id(0)
         bj = tl.program_id(1)
-        r = bi * BLOCK + tl.arange(0, BLOCK)
-        c = bj * BLOCK + tl.arange(0, BLOCK)
-        mask = (r[:, None] < rows) & (c[None, :] < cols)
-        x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_x + c[None, :], mask=mask, other=0.0)
-        x = x.to(tl.float32)
+        r = tl.arange(0, BLOCK)
+        c = tl.arange(0, BLOCK)
+        mask = (r[:, None] < rows - bi * BLOCK) & (c[None, :] < cols - bj * BLOCK)
+        x_block = x_ptr + (bi * BLOCK).to(tl.int64) * stride_x + bj * BLOCK
+        x = tl.load(x_block + r[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
         amax = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12)
         # torch evaluates `448 / amax` as reciprocal(amax) * 448 (Tensor.__rtruediv__): same here
         scale = tl.math.div_rn(1.0, amax) * fp8_max
@@ -124,45 +130,87 @@ def _triton_kernels() -> dict[str, Any]:
         big = ((ulp_exp + 23 + 127) << 23).to(tl.float32, bitcast=True)  # ulp * 2**23
         mag = (tl.abs(y) + big) - big
         y = tl.where(y.to(tl.int32, bitcast=True) < 0, -mag, mag)  # sign bit: keeps -0.0 as -0.0
-        tl.store(q_ptr + r[:, None].to(tl.int64) * stride_q + c[None, :], y.to(tl.float8e4nv), mask=mask)
+        q_block = q_ptr + (bi * BLOCK).to(tl.int64) * stride_q + bj * BLOCK
+        tl.store(q_block + r[:, None] * stride_q + c[None, :], y.to(tl.float8e4nv), mask=mask)
         tl.store(s_ptr + bi * n_bcols + bj, tl.math.div_rn(1.0, scale))
 
     @triton.jit
     def dequant_kernel(q_ptr, s_ptr, o_ptr, rows, cols, stride_q, stride_o, n_bcols, BLOCK: tl.constexpr):
         bi = tl.program_id(0)
         bj = tl.program_id(1)
-        r = bi * BLOCK + tl.arange(0, BLOCK)
-        c = bj * BLOCK + tl.arange(0, BLOCK)
-        mask = (r[:, None] < rows) & (c[None, :] < cols)
-        q = tl.load(q_ptr + r[:, None].to(tl.int64) * stride_q + c[None, :], mask=mask, other=0.0)
+        r = tl.arange(0, BLOCK)
+        c = tl.arange(0, BLOCK)
+        mask = (r[:, None] < rows - bi * BLOCK) & (c[None, :] < cols - bj * BLOCK)
+        q_block = q_ptr + (bi * BLOCK).to(tl.int64) * stride_q + bj * BLOCK
+        q = tl.load(q_block + r[:, None] * stride_q + c[None, :], mask=mask, other=0.0)
         s = tl.load(s_ptr + bi * n_bcols + bj)
-        out = q.to(tl.float32) * s
-        tl.store(
-            o_ptr + r[:, None].to(tl.int64) * stride_o + c[None, :], out.to(o_ptr.dtype.element_ty), mask=mask
-        )
+        out = (q.to(tl.float32) * s).to(o_ptr.dtype.element_ty)
+        o_block = o_ptr + (bi * BLOCK).to(tl.int64) * stride_o + bj * BLOCK
+        tl.store(o_block + r[:, None] * stride_o + c[None, :], out, mask=mask)
 
     return {"quant": quant_kernel, "dequant": dequant_kernel}
 
 
-def _triton_quantize(weight: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+# A 128x128 fp32 block over 16 warps is 32 values a thread: no spills on sm_90 (85 / 64
+# registers), where 4 warps spilled at 255 registers (benchmarks/gpu/compile_check.py). The GPU
+# suite times 4 / 8 / 16 warps, so a GPU run can confirm or change this.
+BLOCK_NUM_WARPS = 16
+
+
+def _check_offsets(name: str, stride: int, block: int) -> None:
+    if block * stride >= 2**31:
+        raise ValueError(
+            f"{name}: rows of {stride} elements are too long for the Triton kernel's 32-bit in-block offsets"
+        )
+
+
+def quant_launch(
+    weight: torch.Tensor, block: int, num_warps: int = BLOCK_NUM_WARPS
+) -> tuple[TritonLaunch, torch.Tensor, torch.Tensor]:
+    """The quantize kernel's launch over a 2-D ``weight`` and its outputs (fp8 values, scales)."""
     x = weight.contiguous()
     rows, cols = x.shape
     bm, bn = scale_shape((rows, cols), block)
+    _check_offsets("weight", x.stride(0), block)
     q = torch.empty((rows, cols), dtype=FP8_DTYPE, device=x.device)
     s = torch.empty((bm, bn), dtype=torch.float32, device=x.device)
-    _triton_kernels()["quant"][(bm, bn)](
-        x, q, s, rows, cols, x.stride(0), q.stride(0), bn, FP8_MAX, BLOCK=block
-    )
+    launch = TritonLaunch(
+        _triton_kernels()["quant"], (bm, bn),
+        (x, q, s, rows, cols, x.stride(0), q.stride(0), bn, FP8_MAX), {"BLOCK": block}, num_warps,
+    )  # fmt: skip
+    return launch, q, s
+
+
+def dequant_launch(
+    q: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block: int,
+    out_dtype: torch.dtype,
+    num_warps: int = BLOCK_NUM_WARPS,
+) -> tuple[TritonLaunch, torch.Tensor]:
+    """The dequantize kernel's launch and its output tensor."""
+    q = q.contiguous()
+    rows, cols = q.shape
+    bm, bn = scale_shape((rows, cols), block)
+    _check_offsets("fp8 weight", q.stride(0), block)
+    out = torch.empty((rows, cols), dtype=out_dtype, device=q.device)
+    s = scale_inv.float().contiguous()
+    launch = TritonLaunch(
+        _triton_kernels()["dequant"], (bm, bn),
+        (q, s, out, rows, cols, q.stride(0), out.stride(0), bn), {"BLOCK": block}, num_warps,
+    )  # fmt: skip
+    return launch, out
+
+
+def _triton_quantize(weight: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    launch, q, s = quant_launch(weight, block)
+    launch.run()
     return q, s
 
 
 def _triton_dequantize(
     q: torch.Tensor, scale_inv: torch.Tensor, block: int, out_dtype: torch.dtype
 ) -> torch.Tensor:
-    q = q.contiguous()
-    rows, cols = q.shape
-    bm, bn = scale_shape((rows, cols), block)
-    out = torch.empty((rows, cols), dtype=out_dtype, device=q.device)
-    s = scale_inv.float().contiguous()
-    _triton_kernels()["dequant"][(bm, bn)](q, s, out, rows, cols, q.stride(0), out.stride(0), bn, BLOCK=block)
+    launch, out = dequant_launch(q, scale_inv, block, out_dtype)
+    launch.run()
     return out

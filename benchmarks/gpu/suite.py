@@ -393,7 +393,16 @@ def section_quant(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]
             d_bytes = m * n + scales + m * n * 2
             tq = timed(lambda w=w: kernels.blockwise_fp8_quantize(w, impl="triton"))
             td = timed(lambda q=q_t, s=s_t: kernels.blockwise_fp8_dequantize(q, s, out_dtype=torch.bfloat16))
-            row["quantize"] = {"ms": tq * 1e3, "gbps": q_bytes / tq / 1e9}
+            row["quantize"] = {
+                "ms": tq * 1e3,
+                "gbps": q_bytes / tq / 1e9,
+                "num_warps": kernels.fp8.BLOCK_NUM_WARPS,
+            }
+            if (m, n) == shapes[0]:  # the warps choice was made from ptxas registers (compile_check.py)
+                row["quantize_gbps_by_num_warps"] = {
+                    nw: q_bytes / timed(lambda w=w, nw=nw: kernels.fp8.quant_launch(w, kernels.BLOCK, nw)[0].run()) / 1e9
+                    for nw in (4, 8, 16)
+                }  # fmt: skip
             row["dequantize"] = {"ms": td * 1e3, "gbps": d_bytes / td / 1e9}
             if peaks:
                 row["quantize"]["pct_hbm"] = 100 * row["quantize"]["gbps"] / peaks["hbm_gbps"]
