@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from megatron_tulu.rollout.bridge.layouts import (
     DTYPE_BYTES,
@@ -23,7 +25,7 @@ from megatron_tulu.rollout.bridge.layouts import (
     LearnerLayout,
     PlanError,
 )
-from megatron_tulu.rollout.bridge.planner import naive_broadcast_summary, plan_refit
+from megatron_tulu.rollout.bridge.planner import NaiveSummary, RefitPlan, naive_broadcast_summary, plan_refit
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,15 +76,19 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
 
 
-def main(argv: list[str]) -> int:
-    args, rest = _parser().parse_known_args(argv)
-    unknown = [a for a in rest if a.startswith("-")]
-    if unknown:
-        print(f"plan-refit: unknown options {unknown}", file=sys.stderr)
-        return 2
-    from megatron_tulu.config.load import load_config
+@dataclass
+class _Plans:
+    """The planned refit, the naive broadcast it is compared with, and (``--weight-dtype`` set)
+    the same refit into engines of the other weight dtype."""
 
-    cfg = load_config(rest)
+    learner: LearnerLayout
+    engine: EngineLayout
+    plan: RefitPlan
+    naive: NaiveSummary
+    other: RefitPlan | None
+
+
+def _learner_gpus(args: argparse.Namespace, cfg: Any) -> int:
     tp, pp = cfg.parallel.tp, cfg.parallel.pp
     if args.learner_nodes is not None:
         gpus = args.learner_nodes * args.gpus_per_node
@@ -91,49 +97,44 @@ def main(argv: list[str]) -> int:
     else:
         gpus = tp * pp * (cfg.parallel.dp if cfg.parallel.dp > 0 else 1)
     if gpus % (tp * pp):
-        print(
-            f"plan-refit: {gpus} learner GPUs are not a multiple of TP{tp} x PP{pp} = {tp * pp}",
-            file=sys.stderr,
-        )
-        return 2
+        raise PlanError(f"{gpus} learner GPUs are not a multiple of TP{tp} x PP{pp} = {tp * pp}")
     if cfg.parallel.cp != 1 or cfg.parallel.ep != 1 or cfg.parallel.vpp:
-        print("plan-refit: the planner covers cp=1, ep=1 and no virtual pipeline", file=sys.stderr)
-        return 2
-    dp = gpus // (tp * pp)
+        raise PlanError("the planner covers cp=1, ep=1 and no virtual pipeline")
+    return gpus
+
+
+def plan_layouts(args: argparse.Namespace, cfg: Any) -> _Plans:
+    tp, pp = cfg.parallel.tp, cfg.parallel.pp
+    dp = _learner_gpus(args, cfg) // (tp * pp)
     learner = LearnerLayout(tp, pp, dp, cfg.model, DTYPE_BYTES[args.dtype], args.transformer_impl)
     engine = EngineLayout(args.engine_tp, args.num_engines, weight_dtype=args.weight_dtype)
-    try:
-        plan = plan_refit(learner, engine)
-        naive = naive_broadcast_summary(learner, engine)
-        # the same refit into engines of the other weight dtype, for the side-by-side table
-        other = None
-        if args.weight_dtype != "auto":
-            other = plan_refit(learner, EngineLayout(args.engine_tp, args.num_engines, weight_dtype="auto"))
-    except PlanError as exc:
-        print(f"plan-refit: {exc}", file=sys.stderr)
-        return 2
-    bw = dict(
-        intra_node_gbps=args.nvlink_gbps, inter_node_gbps=args.ib_gbps, gpus_per_node=args.gpus_per_node
+    other = None
+    if args.weight_dtype != "auto":
+        other = plan_refit(learner, EngineLayout(args.engine_tp, args.num_engines, weight_dtype="auto"))
+    return _Plans(
+        learner, engine, plan_refit(learner, engine), naive_broadcast_summary(learner, engine), other
     )
-    ours, base = plan.summary(**bw), naive.summary(**bw)
-    by_dtype = {args.weight_dtype: ours}
-    if other is not None:
-        by_dtype = {"auto": other.summary(**bw), args.weight_dtype: ours}
 
-    m = cfg.model
+
+def print_layouts(args: argparse.Namespace, cfg: Any, p: _Plans) -> None:
+    m, learner, engine = cfg.model, p.learner, p.engine
     print(
         f"model {m.name}: {m.num_layers} layers, hidden {m.hidden_size}, heads {m.num_attention_heads}, "
         f"KV groups {m.num_query_groups}, vocab {m.vocab_size}, tied={m.tie_word_embeddings}, {args.dtype}, "
         f"engine weights {args.weight_dtype}"
     )
     print(
-        f"learner TP{tp} x PP{pp} x DP{dp} = {learner.world_size} GPUs ({m.num_layers // pp} layers per stage, "
-        f"Megatron padded vocab {learner.vocab_padded}) -> {engine.num_engines} vLLM engine(s) x TP{engine.tp}"
+        f"learner TP{learner.tp} x PP{learner.pp} x DP{learner.dp} = {learner.world_size} GPUs "
+        f"({m.num_layers // learner.pp} layers per stage, Megatron padded vocab {learner.vocab_padded}) "
+        f"-> {engine.num_engines} vLLM engine(s) x TP{engine.tp}"
     )
     print(
         f"links: IB {args.ib_gbps:g} Gb/s per GPU between nodes, NVLink {args.nvlink_gbps:g} Gb/s inside a node, "
         f"{args.gpus_per_node} GPUs/node; engines placed on the nodes after the learner's\n"
     )
+
+
+def print_against_naive(args: argparse.Namespace, world_size: int, ours: dict, base: dict) -> None:
     rows = []
     for label, key in (
         ("bytes per receiver (GB)", "bytes_per_receiver"),
@@ -143,11 +144,7 @@ def main(argv: list[str]) -> int:
             rows.append([f"{label} {s}", _gb(ours[key][s]), _gb(base[key][s])])
     rows += [
         ["received / shard", f"{ours['receive_ratio']['max']:.2f}", f"{base['receive_ratio']['max']:.2f}"],
-        [
-            "senders used",
-            f"{ours['senders']}/{learner.world_size}",
-            f"{base['senders']}/{learner.world_size}",
-        ],
+        ["senders used", f"{ours['senders']}/{world_size}", f"{base['senders']}/{world_size}"],
         [
             "messages per receiver (max)",
             f"{ours['messages_per_receiver']['max']}",
@@ -158,76 +155,98 @@ def main(argv: list[str]) -> int:
         ["predicted seconds", f"{ours['predicted_seconds']:.3f}", f"{base['predicted_seconds']:.3f}"],
     ]
     print(_table(rows, ["", "shard-exact (ours)", f"naive broadcast ({args.dtype})"]))
-    if other is not None:
-        a, f = by_dtype["auto"], ours
-        print(
-            f"\nengine weights: {args.dtype} vs {args.weight_dtype} (e4m3 GEMM weights + fp32 128x128 "
-            "block scales, embeddings / lm_head / norms bf16), shard-exact refit"
-        )
-        print(
-            _table(
-                [
-                    [
-                        "bytes per receiver (GB) max",
-                        _gb(a["bytes_per_receiver"]["max"]),
-                        _gb(f["bytes_per_receiver"]["max"]),
-                    ],
-                    ["total bytes on the wire (GB)", _gb(a["total_bytes"]), _gb(f["total_bytes"])],
-                    [
-                        "received / bf16 shard (max)",
-                        f"{a['bytes_over_bf16_shard']['max']:.4f}",
-                        f"{f['bytes_over_bf16_shard']['max']:.4f}",
-                    ],
-                    ["predicted seconds", f"{a['predicted_seconds']:.3f}", f"{f['predicted_seconds']:.3f}"],
-                ],
-                ["", args.dtype, args.weight_dtype],
-            )
-        )
+
+
+def print_weight_dtypes(args: argparse.Namespace, wire: dict, fp8: dict) -> None:
+    """The same shard-exact refit into engines of ``--dtype`` weights vs ``--weight-dtype``."""
+    print(
+        f"\nengine weights: {args.dtype} vs {args.weight_dtype} (e4m3 GEMM weights + fp32 128x128 "
+        "block scales, embeddings / lm_head / norms bf16), shard-exact refit"
+    )
+    rows = [
+        [
+            "bytes per receiver (GB) max",
+            _gb(wire["bytes_per_receiver"]["max"]),
+            _gb(fp8["bytes_per_receiver"]["max"]),
+        ],
+        ["total bytes on the wire (GB)", _gb(wire["total_bytes"]), _gb(fp8["total_bytes"])],
+        [
+            "received / bf16 shard (max)",
+            f"{wire['bytes_over_bf16_shard']['max']:.4f}",
+            f"{fp8['bytes_over_bf16_shard']['max']:.4f}",
+        ],
+        ["predicted seconds", f"{wire['predicted_seconds']:.3f}", f"{fp8['predicted_seconds']:.3f}"],
+    ]
+    print(_table(rows, ["", args.dtype, args.weight_dtype]))
+
+
+def print_receivers(args: argparse.Namespace, plan: RefitPlan, ours: dict, base: dict) -> None:
     print(
         f"\nours: {ours['transfers']} transfers over {ours['links']} (sender, receiver) links, "
         f"link bytes min/mean/max {_gb(ours['bytes_per_link']['min'])}/{_gb(ours['bytes_per_link']['mean'])}/"
         f"{_gb(ours['bytes_per_link']['max'])} GB; speed-up {base['predicted_seconds'] / max(ours['predicted_seconds'], 1e-12):.1f}x"
     )
-    rec = plan.bytes_per_receiver()
-    print(
-        "\n"
-        + _table(
-            [
-                [f"engine {e} rank {n}", _gb(b), str(plan.messages_per_receiver()[(e, n)])]
-                for (e, n), b in rec.items()
-            ],
-            ["receiver", "GB", "messages"],
-        )
-    )
+    messages = plan.messages_per_receiver()
+    rows = [
+        [f"engine {e} rank {n}", _gb(b), str(messages[(e, n)])]
+        for (e, n), b in plan.bytes_per_receiver().items()
+    ]
+    print("\n" + _table(rows, ["receiver", "GB", "messages"]))
     if args.verbose_links:
+        links = sorted(plan.bytes_per_link().items())
         print(
             "\n"
             + _table(
-                [
-                    [str(src), f"e{e}r{n}", _gb(b)]
-                    for (src, (e, n)), b in sorted(plan.bytes_per_link().items())
-                ],
-                ["sender", "receiver", "GB"],
+                [[str(src), f"e{e}r{n}", _gb(b)] for (src, (e, n)), b in links], ["sender", "receiver", "GB"]
             )
         )
+
+
+def main(argv: list[str]) -> int:
+    args, rest = _parser().parse_known_args(argv)
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        print(f"error: plan-refit: unknown options {unknown}", file=sys.stderr)
+        return 2
+    from megatron_tulu.config.load import load_config
+
+    cfg = load_config(rest)
+    try:
+        plans = plan_layouts(args, cfg)
+    except PlanError as exc:
+        print(f"error: plan-refit: {exc}", file=sys.stderr)
+        return 2
+    bw = dict(
+        intra_node_gbps=args.nvlink_gbps, inter_node_gbps=args.ib_gbps, gpus_per_node=args.gpus_per_node
+    )
+    ours, base = plans.plan.summary(**bw), plans.naive.summary(**bw)
+    by_dtype = {args.weight_dtype: ours}
+    if plans.other is not None:
+        by_dtype = {"auto": plans.other.summary(**bw), args.weight_dtype: ours}
+
+    print_layouts(args, cfg, plans)
+    print_against_naive(args, plans.learner.world_size, ours, base)
+    if plans.other is not None:
+        print_weight_dtypes(args, by_dtype["auto"], ours)
+    print_receivers(args, plans.plan, ours, base)
     if args.json:
+        learner, engine = plans.learner, plans.engine
+        summary = {
+            "learner": {
+                "tp": learner.tp,
+                "pp": learner.pp,
+                "dp": learner.dp,
+                "model": cfg.model.name,
+                "dtype": args.dtype,
+            },
+            "engine": {"tp": engine.tp, "num_engines": engine.num_engines, "weight_dtype": args.weight_dtype},
+            "bandwidth": bw,
+            "ours": ours,
+            "naive_broadcast": base,
+            "by_weight_dtype": by_dtype,
+        }
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "learner": {"tp": tp, "pp": pp, "dp": dp, "model": m.name, "dtype": args.dtype},
-                    "engine": {
-                        "tp": engine.tp,
-                        "num_engines": engine.num_engines,
-                        "weight_dtype": args.weight_dtype,
-                    },
-                    "bandwidth": bw,
-                    "ours": ours,
-                    "naive_broadcast": base,
-                    "by_weight_dtype": by_dtype,
-                },
-                f,
-                indent=2,
-            )
+            json.dump(summary, f, indent=2)
     return 0
 
 

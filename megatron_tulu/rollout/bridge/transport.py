@@ -497,11 +497,7 @@ def receive_refit(
                     per_src[t.src_rank].append(t)
             works = []
             for src in sorted(per_src):
-                if fp8:
-                    flat = torch.empty(sum(t.nbytes for t in per_src[src]), dtype=torch.uint8, device=gdev)
-                else:
-                    n = sum(box_numel(t.dst_slice) for t in per_src[src])
-                    flat = torch.empty(n, dtype=dtype, device=gdev)
+                flat = _message_buffer(per_src[src], fp8, dtype, gdev)
                 works.append((src, group.recv([flat], src, 2 * bucket.index), flat))
             buffers = _receive_buffers(plan, bucket.hf_names, dtype, device)
             acks = []
@@ -516,20 +512,7 @@ def receive_refit(
                 )
                 stats["bytes_received"] += flat.numel() * flat.element_size()
                 stats["messages"] += 1
-                sums, off = [], 0
-                for t in per_src[src]:
-                    if fp8:
-                        _unpack_fp8(t, flat[off : off + t.nbytes], buffers, device)
-                        if checksums:
-                            sums += list(_checksum(flat[off : off + t.nbytes]))
-                        off += t.nbytes
-                        continue
-                    k = box_numel(t.dst_slice)
-                    view = buffers[t.hf_name][_slices(t.dst_slice)]
-                    view.copy_(flat[off : off + k].view(_box_shape(t.dst_slice)).to(device))
-                    off += k
-                    if checksums:
-                        sums += list(_checksum(view))
+                sums = _place_message(per_src[src], flat, buffers, device, fp8=fp8, checksums=checksums)
                 acks.append((src, torch.tensor([1.0, *sums], dtype=torch.float64, device=gdev)))
             del works
             stats["peak_bucket_bytes"] = max(stats["peak_bucket_bytes"], bucket.full_bytes)
@@ -560,6 +543,42 @@ def receive_refit(
     stats["seconds"] = time.perf_counter() - t0
     stats["group_rank"] = me
     return stats
+
+
+def _message_buffer(items: list[Transfer], fp8: bool, dtype: torch.dtype, device) -> torch.Tensor:
+    """The receive buffer of one learner rank's message: its slices back to back (fp8_block: the
+    wire bytes of e4m3 values + scales, else elements of ``dtype``)."""
+    if fp8:
+        return torch.empty(sum(t.nbytes for t in items), dtype=torch.uint8, device=device)
+    return torch.empty(sum(box_numel(t.dst_slice) for t in items), dtype=dtype, device=device)
+
+
+def _place_message(
+    items: list[Transfer],
+    flat: torch.Tensor,
+    buffers: dict[str, torch.Tensor],
+    device,
+    *,
+    fp8: bool,
+    checksums: bool,
+) -> list[float]:
+    """Copy one received message into the bucket's full-size tensors; the checksums to return
+    (sum and sum of squares per slice, of what the sender packed) when asked."""
+    sums: list[float] = []
+    off = 0
+    for t in items:
+        if fp8:
+            piece = flat[off : off + t.nbytes]
+            _unpack_fp8(t, piece, buffers, device)
+            off += t.nbytes
+        else:
+            k = box_numel(t.dst_slice)
+            piece = buffers[t.hf_name][_slices(t.dst_slice)]
+            piece.copy_(flat[off : off + k].view(_box_shape(t.dst_slice)).to(device))
+            off += k
+        if checksums:
+            sums += list(_checksum(piece))
+    return sums
 
 
 def _receive_buffers(
