@@ -368,5 +368,7 @@ def test_plan_refit_cli(tmp_path, capsys):
     assert data["ours"]["receive_ratio"] == {"min": 1.0, "max": 1.0}
     assert data["naive_broadcast"]["receive_ratio"]["min"] > 1.0
     assert main(["model=tiny", "parallel.pp=3", "--engine-tp", "2"]) == 2  # 4 layers over PP3
-    assert "does not divide num_layers=4" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not divide num_layers=4" in err and err.startswith("error: plan-refit:")
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
     assert main(["model=tiny", "parallel.tp=2", "--learner-gpus", "3"]) == 2
