@@ -7,8 +7,10 @@
 #
 # The MFU section needs megatron-core (pure Python). On a machine without it, first run
 #   benchmarks/gpu/run_all.sh --pack-deps      (here, where the venv has it)
-# which copies the megatron package to benchmarks/gpu/.deps/ (~13 MiB, untracked: it travels
-# with the working tree); this script puts that folder on PYTHONPATH when megatron is missing.
+# which copies the megatron package to benchmarks/gpu/.deps/ (~6 MiB, git-ignored: copy it to the
+# GPU machine with the tree); this script puts that folder on PYTHONPATH when megatron is missing.
+# Nothing else beyond torch + Triton is needed (no Hydra/OmegaConf, vLLM or TE: checked by running
+# the CPU mode with those imports blocked).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
