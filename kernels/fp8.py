@@ -63,7 +63,7 @@ def blockwise_fp8_quantize(
     if not weight.is_floating_point():
         raise ValueError(f"weight must be floating point, got {weight.dtype}")
     if _resolve(impl, weight.device) == "triton":
-        return _triton_quantize(weight, block)
+        return quant_launch(weight, block).run()
     return _torch_quantize(weight, block)
 
 
@@ -78,7 +78,7 @@ def blockwise_fp8_dequantize(
             f"with {block}x{block} blocks (expected {scale_shape(tuple(q.shape), block)})"
         )
     if _resolve(impl, q.device) == "triton":
-        return _triton_dequantize(q, scale_inv, block, out_dtype)
+        return dequant_launch(q, scale_inv, block, out_dtype).run()
     rows, cols = q.shape
     s = scale_inv.float().repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
     return (q.float() * s).to(out_dtype)
@@ -164,21 +164,18 @@ def _check_offsets(name: str, stride: int, block: int) -> None:
         )
 
 
-def quant_launch(
-    weight: torch.Tensor, block: int, num_warps: int = BLOCK_NUM_WARPS
-) -> tuple[TritonLaunch, torch.Tensor, torch.Tensor]:
-    """The quantize kernel's launch over a 2-D ``weight`` and its outputs (fp8 values, scales)."""
+def quant_launch(weight: torch.Tensor, block: int, num_warps: int = BLOCK_NUM_WARPS) -> TritonLaunch:
+    """The quantize kernel over a 2-D ``weight``; its run returns (fp8 values, fp32 scale_inv)."""
     x = weight.contiguous()
     rows, cols = x.shape
     bm, bn = scale_shape((rows, cols), block)
     _check_offsets("weight", x.stride(0), block)
     q = torch.empty((rows, cols), dtype=FP8_DTYPE, device=x.device)
     s = torch.empty((bm, bn), dtype=torch.float32, device=x.device)
-    launch = TritonLaunch(
+    return TritonLaunch(
         _triton_kernels()["quant"], (bm, bn),
-        (x, q, s, rows, cols, x.stride(0), q.stride(0), bn, FP8_MAX), {"BLOCK": block}, num_warps,
+        (x, q, s, rows, cols, x.stride(0), q.stride(0), bn, FP8_MAX), {"BLOCK": block}, num_warps, result=(q, s),
     )  # fmt: skip
-    return launch, q, s
 
 
 def dequant_launch(
@@ -187,30 +184,15 @@ def dequant_launch(
     block: int,
     out_dtype: torch.dtype,
     num_warps: int = BLOCK_NUM_WARPS,
-) -> tuple[TritonLaunch, torch.Tensor]:
-    """The dequantize kernel's launch and its output tensor."""
+) -> TritonLaunch:
+    """The dequantize kernel; its run returns the ``out_dtype`` weight."""
     q = q.contiguous()
     rows, cols = q.shape
     bm, bn = scale_shape((rows, cols), block)
     _check_offsets("fp8 weight", q.stride(0), block)
     out = torch.empty((rows, cols), dtype=out_dtype, device=q.device)
     s = scale_inv.float().contiguous()
-    launch = TritonLaunch(
+    return TritonLaunch(
         _triton_kernels()["dequant"], (bm, bn),
-        (q, s, out, rows, cols, q.stride(0), out.stride(0), bn), {"BLOCK": block}, num_warps,
+        (q, s, out, rows, cols, q.stride(0), out.stride(0), bn), {"BLOCK": block}, num_warps, result=out,
     )  # fmt: skip
-    return launch, out
-
-
-def _triton_quantize(weight: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    launch, q, s = quant_launch(weight, block)
-    launch.run()
-    return q, s
-
-
-def _triton_dequantize(
-    q: torch.Tensor, scale_inv: torch.Tensor, block: int, out_dtype: torch.dtype
-) -> torch.Tensor:
-    launch, out = dequant_launch(q, scale_inv, block, out_dtype)
-    launch.run()
-    return out

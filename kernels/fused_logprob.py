@@ -219,16 +219,15 @@ ROW_NUM_WARPS = 4
 
 def stats_launch(
     z: torch.Tensor, tgt_local: torch.Tensor, n_valid: int, temperature: float, entropy: bool
-) -> tuple[TritonLaunch, torch.Tensor]:
-    """The stats kernel's launch over logits ``z`` [rows, local_vocab] and its output [4, rows]."""
+) -> TritonLaunch:
+    """The stats kernel over logits ``z`` [rows, local_vocab]; its run returns the stats [4, rows]."""
     rows, local_vocab = z.shape
     out = torch.empty(4, rows, dtype=torch.float32, device=z.device)
-    launch = TritonLaunch(
+    return TritonLaunch(
         _triton_kernels()["stats"], (rows,),
         (z, tgt_local.contiguous(), out, rows, local_vocab, n_valid, 1.0 / temperature, z.stride(0)),
-        {"ENTROPY": entropy, "BLOCK_V": _block_v(local_vocab)}, ROW_NUM_WARPS,
+        {"ENTROPY": entropy, "BLOCK_V": _block_v(local_vocab)}, ROW_NUM_WARPS, result=out,
     )  # fmt: skip
-    return launch, out
 
 
 def grad_launch(
@@ -241,7 +240,8 @@ def grad_launch(
     g_lp: torch.Tensor,
     g_ent: torch.Tensor | None,
 ) -> TritonLaunch:
-    """The gradient kernel's launch; it overwrites the recomputed logits ``z`` with d(loss)/dz."""
+    """The gradient kernel; its run overwrites the recomputed logits ``z`` with d(loss)/dz and
+    returns ``z``."""
     rows, local_vocab = z.shape
     entropy = g_ent is not None and ent is not None
     dummy = log_z
@@ -252,35 +252,13 @@ def grad_launch(
             g_lp.float().contiguous(), g_ent.float().contiguous() if entropy else dummy,
             local_vocab, n_valid, 1.0 / temperature, z.stride(0),
         ),
-        {"ENTROPY": entropy, "BLOCK_V": _block_v(local_vocab)}, ROW_NUM_WARPS,
+        {"ENTROPY": entropy, "BLOCK_V": _block_v(local_vocab)}, ROW_NUM_WARPS, result=z,
     )  # fmt: skip
-
-
-def _triton_chunk_stats(
-    z: torch.Tensor, tgt_local: torch.Tensor, n_valid: int, temperature: float, entropy: bool
-) -> torch.Tensor:
-    launch, out = stats_launch(z, tgt_local, n_valid, temperature, entropy)
-    launch.run()
-    return out
-
-
-def _triton_chunk_grad(
-    z: torch.Tensor,
-    tgt_local: torch.Tensor,
-    n_valid: int,
-    temperature: float,
-    log_z: torch.Tensor,
-    ent: torch.Tensor | None,
-    g_lp: torch.Tensor,
-    g_ent: torch.Tensor | None,
-) -> torch.Tensor:
-    grad_launch(z, tgt_local, n_valid, temperature, log_z, ent, g_lp, g_ent).run()
-    return z  # the gradient overwrote the recomputed logits in place
 
 
 _IMPLS = {
     "torch": (_torch_chunk_stats, _torch_chunk_grad),
-    "triton": (_triton_chunk_stats, _triton_chunk_grad),
+    "triton": (lambda *args: stats_launch(*args).run(), lambda *args: grad_launch(*args).run()),
 }
 
 

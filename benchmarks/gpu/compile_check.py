@@ -53,16 +53,15 @@ def launches(kernels: Any) -> list[tuple[str, Any]]:
             z = torch.empty(rows, local_vocab, dtype=dtype, device=meta)
             for entropy in (False, True):
                 tag = f"tp{tp} vocab shard {local_vocab}, {_name(dtype)} logits, entropy={entropy}"
-                launch, _ = fused_logprob.stats_launch(z, tgt, local_vocab, 0.7, entropy)
-                out.append((tag, launch))
+                out.append((tag, fused_logprob.stats_launch(z, tgt, local_vocab, 0.7, entropy)))
                 ent = stats if entropy else None
                 out.append((tag, fused_logprob.grad_launch(z, tgt, local_vocab, 0.7, stats, ent, stats, ent)))
     for dtype in (torch.bfloat16, torch.float32):
         w = torch.empty(53248 * 2 // 8, 16384, dtype=dtype, device=meta)  # 405B fc1 shard at TP8
-        launch, q, s = fp8.quant_launch(w, kernels.BLOCK)
-        out.append((f"{_name(dtype)} weight {tuple(w.shape)}", launch))
-        launch, _ = fp8.dequant_launch(q, s, kernels.BLOCK, dtype)
-        out.append((f"to {_name(dtype)} {tuple(w.shape)}", launch))
+        quant = fp8.quant_launch(w, kernels.BLOCK)
+        out.append((f"{_name(dtype)} weight {tuple(w.shape)}", quant))
+        q, s = quant.result
+        out.append((f"to {_name(dtype)} {tuple(w.shape)}", fp8.dequant_launch(q, s, kernels.BLOCK, dtype)))
     return out
 
 

@@ -400,7 +400,7 @@ def section_quant(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]
             }
             if (m, n) == shapes[0]:  # the warps choice was made from ptxas registers (compile_check.py)
                 row["quantize_gbps_by_num_warps"] = {
-                    nw: q_bytes / timed(lambda w=w, nw=nw: kernels.fp8.quant_launch(w, kernels.BLOCK, nw)[0].run()) / 1e9
+                    nw: q_bytes / timed(lambda w=w, nw=nw: kernels.fp8.quant_launch(w, kernels.BLOCK, nw).run()) / 1e9
                     for nw in (4, 8, 16)
                 }  # fmt: skip
             row["dequantize"] = {"ms": td * 1e3, "gbps": d_bytes / td / 1e9}

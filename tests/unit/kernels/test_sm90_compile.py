@@ -41,7 +41,8 @@ def test_launch_signature_follows_the_arguments():
     from megatron_tulu.kernels import fp8
 
     w = torch.empty(300, 260, dtype=torch.bfloat16, device="meta")
-    launch, q, s = fp8.quant_launch(w, 128)
+    launch = fp8.quant_launch(w, 128)
+    q, s = launch.result
     assert launch.grid == (3, 3) and q.dtype == torch.float8_e4m3fn and s.shape == (3, 3)
     sig = launch.signature()
     assert sig["x_ptr"] == "*bf16" and sig["q_ptr"] == "*fp8e4nv" and sig["s_ptr"] == "*fp32"
