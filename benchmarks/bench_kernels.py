@@ -120,8 +120,6 @@ def worker(args: argparse.Namespace) -> None:
 
 def trainer_worker(args: argparse.Namespace) -> None:
     """One SFT step through the trainer's forward_step, fused or not (see the module doc)."""
-    import os
-
     set_torch_threads(args.threads)
     import torch
     from megatron.core import parallel_state
@@ -133,9 +131,6 @@ def trainer_worker(args: argparse.Namespace) -> None:
     from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
     from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(args.port))
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     hidden = args.trainer_hidden
     cfg = ModelConfig(
         name="bench",
@@ -207,9 +202,11 @@ def trainer_worker(args: argparse.Namespace) -> None:
 
 
 def trainer_controller(args: argparse.Namespace) -> dict:
-    from benchmarks.common import free_port
-
-    extra = ["--trainer", "--trainer-hidden", str(args.trainer_hidden), "--port", str(free_port())]
+    extra = [
+        "--trainer",
+        "--trainer-hidden",
+        str(args.trainer_hidden),
+    ]  # a world of one: init_parallel picks its port
     results, tensors = run_roles(args, extra, "trainer step, ")
     grads = {role: t["grads"] for role, t in tensors.items()}
     fused, unfused = results["fused"], results["unfused"]
@@ -305,7 +302,6 @@ def main() -> None:
     p.add_argument("--chunk-tokens", type=int, default=0, help="fused chunk size (default: the library's)")
     p.add_argument("--trainer", action="store_true", help="one SFT trainer step instead of the kernel")
     p.add_argument("--trainer-hidden", type=int, default=1024, help="hidden size of the --trainer model")
-    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--role", choices=["fused", "unfused"], help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--tensors", help=argparse.SUPPRESS)
@@ -315,9 +311,9 @@ def main() -> None:
         return
     if not args.out:
         p.error("--out FILE is required")
+    gib = 2**30
     if args.trainer:
         out = trainer_controller(args)
-        gib = 2**30
         print(
             f"SFT trainer step: 1-layer GPTModel, hidden {args.trainer_hidden}, vocab {args.vocab}, "
             f"{args.tokens} tokens (fp32, TP1, {args.threads} threads)\n"
@@ -331,7 +327,6 @@ def main() -> None:
         )
     else:
         out = controller(args)
-        gib = 2**30
         print(
             f"vocab {args.vocab} x tokens {args.tokens} x hidden {args.hidden} ({args.dtype}, {args.threads} threads)\n"
             f"{'':10}{'peak (GiB)':>12}{'+ weight grad':>15}{'tokens/s':>11}\n"

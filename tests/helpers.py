@@ -7,11 +7,22 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = REPO / "tests" / "distributed" / "workers"
+
+
+def full_set_only(suite: str, why: str = "CI time budget") -> pytest.MarkDecorator:
+    """Skip unless ``MEGATRON_TULU_FULL_<suite>=1``: a heavy test CI leaves to the full set (README
+    "Tests" lists the commands)."""
+    var = f"MEGATRON_TULU_FULL_{suite}"
+    return pytest.mark.skipif(
+        not os.environ.get(var), reason=f"full {suite.lower()} set only ({var}=1): {why}"
+    )
 
 
 def free_port() -> int:
@@ -39,6 +50,19 @@ def run_torchrun(script: str | Path, nproc: int, args: list[str], timeout: int =
             f"torchrun failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc.stdout
+
+
+_WORKER_RESULTS: dict[tuple, Any] = {}
+
+
+def worker_result(script: str | Path, nproc: int, args: list[str], out: Path) -> Any:
+    """``torch.load`` of what ``script`` saved to ``--out`` under torchrun; run once per (script,
+    processes, args) in this pytest process, so tests that need the same run share it."""
+    key = (str(script), nproc, tuple(args))
+    if key not in _WORKER_RESULTS:
+        run_torchrun(script, nproc, [*args, "--out", str(out)])
+        _WORKER_RESULTS[key] = torch.load(out)
+    return _WORKER_RESULTS[key]
 
 
 def make_hf_llama(

@@ -455,7 +455,6 @@ def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
         max_position_embeddings=max(seq, 8192),
     )  # fmt: skip
     parallel, precision = ParallelConfig(), PrecisionConfig(params_dtype=dtype, transformer_impl="local")
-    os.environ.setdefault("WORLD_SIZE", "1")
     init_parallel(cfg, parallel, seed=1)
     try:
         chunks = build_model(cfg, parallel, precision)

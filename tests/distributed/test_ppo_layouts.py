@@ -6,25 +6,19 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import REPO, WORKERS, rel_diff, run_torchrun
+from tests.helpers import REPO, WORKERS, rel_diff, worker_result
 
 pytestmark = pytest.mark.distributed
 
 
-_RUNS: dict[tuple, dict] = {}  # (model, processes, worker args) -> result: tests share identical runs
-
-
 def _steps(hf, tmp_path, estimator, layouts, extra=()):
-    res = {}
-    for name, nproc, args in layouts:
-        argv = ["--estimator", estimator, *args, *extra]
-        key = (str(hf), nproc, tuple(argv))
-        if key not in _RUNS:
-            out = tmp_path / f"{name}.pt"
-            run_torchrun(WORKERS / "ppo_step_worker.py", nproc, ["--hf", str(hf), "--out", str(out), *argv])
-            _RUNS[key] = torch.load(out)
-        res[name] = _RUNS[key]
-    return res
+    argv = ["--hf", str(hf), "--estimator", estimator]
+    return {
+        name: worker_result(
+            WORKERS / "ppo_step_worker.py", nproc, [*argv, *args, *extra], tmp_path / f"{name}.pt"
+        )
+        for name, nproc, args in layouts
+    }
 
 
 # GRPO runs at sampling temperature 0.7 (log-probs of logits / T in every phase), PPO at 1.0

@@ -7,7 +7,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from tests.helpers import REPO, WORKERS, rel_diff, run_torchrun
+from tests.helpers import REPO, WORKERS, rel_diff, worker_result
 
 pytestmark = pytest.mark.distributed
 
@@ -21,16 +21,10 @@ def tiny(tmp_path_factory):
     return out
 
 
-_RUNS: dict[tuple, dict] = {}  # (processes, worker args) -> result: tests share identical runs
-
-
 def _run(tiny, tmp_path, name, nproc, *args):
-    key = (str(tiny), nproc, args)
-    if key not in _RUNS:
-        out = tmp_path / f"{name}.pt"
-        run_torchrun(WORKERS / "sft_step_worker.py", nproc, ["--hf", str(tiny), "--out", str(out), *args])
-        _RUNS[key] = torch.load(out)
-    return _RUNS[key]
+    return worker_result(
+        WORKERS / "sft_step_worker.py", nproc, ["--hf", str(tiny), *args], tmp_path / f"{name}.pt"
+    )
 
 
 def _assert_same(got, ref, key="loss_per_sequence"):

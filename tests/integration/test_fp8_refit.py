@@ -32,16 +32,16 @@ import sys
 import pytest
 
 from megatron_tulu.rollout.refit import max_abs_diff
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, full_set_only
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.vllm,
     pytest.mark.distributed,
-    pytest.mark.skipif(
-        not os.environ.get("MEGATRON_TULU_FULL_FP8"),
-        reason="full FP8 set only (MEGATRON_TULU_FULL_FP8=1; ~5 min on two cores); CI runs the FP8 "
-        "planner/transport unit tests (tests/unit/bridge/test_fp8_plan_and_transport.py)",
+    full_set_only(
+        "FP8",
+        "~5 min on two cores; CI runs the FP8 planner/transport unit tests "
+        "(tests/unit/bridge/test_fp8_plan_and_transport.py)",
     ),
 ]
 

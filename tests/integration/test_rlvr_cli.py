@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, full_set_only
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -112,10 +112,7 @@ def test_sync_and_async_staleness(setup, tmp_path):
         # async resumes strictly more (the pending batch too); sync runs with the fault set
         pytest.param(
             "sync",
-            marks=pytest.mark.skipif(
-                not os.environ.get("MEGATRON_TULU_FULL_FAULTS"),
-                reason="full fault set only (MEGATRON_TULU_FULL_FAULTS=1): CI time budget",
-            ),
+            marks=full_set_only("FAULTS"),
         ),
         "async",
     ],
@@ -188,10 +185,7 @@ RL_OPTION_RUNS = {
         "ppo",
         pytest.param(
             "grpo",
-            marks=pytest.mark.skipif(
-                not os.environ.get("MEGATRON_TULU_FULL_RL_OPTIONS"),
-                reason="full set only (MEGATRON_TULU_FULL_RL_OPTIONS=1): CI time budget",
-            ),
+            marks=full_set_only("RL_OPTIONS"),
         ),
     ],
 )

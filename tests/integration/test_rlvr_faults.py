@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, full_set_only
 from tests.multinode import comparable, launch_nodes, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.distributed]
@@ -106,12 +106,12 @@ def test_kill9_engine_leader_mid_run(straight, tmp_path):
     _kill_mid_run_then_resume(straight, tmp_path, victim=2, role="engine 0 tp-rank 0 on node 1")
 
 
-@pytest.mark.skipif(not os.environ.get("MEGATRON_TULU_FULL_FAULTS"), reason="full fault set only")
+@full_set_only("FAULTS")
 def test_kill9_learner_rank_mid_run(straight, tmp_path):
     _kill_mid_run_then_resume(straight, tmp_path, victim=1, role="learner tp1 pp0 dp0 on node 0")
 
 
-@pytest.mark.skipif(not os.environ.get("MEGATRON_TULU_FULL_FAULTS"), reason="full fault set only")
+@full_set_only("FAULTS")
 def test_learner_killed_in_a_refit(straight, tmp_path):
     """A learner dies as it starts streaming its shards after update 2: the engines are blocked in
     the transfer, and the job still ends naming it, leaves nothing behind and resumes exactly."""

@@ -15,13 +15,12 @@ CI runs the first (with its colocated reference); the two variants run with
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, full_set_only
 from tests.multinode import comparable, launch_nodes, metrics, role_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.distributed]
@@ -117,10 +116,7 @@ def test_learners_on_node0_tp2_engine_on_node1_equal_colocated(colocated, tiny, 
     assert role_table(job.logs[0].read_text()) == table
 
 
-FULL = pytest.mark.skipif(
-    not os.environ.get("MEGATRON_TULU_FULL_TOPOLOGY"),
-    reason="full topology set only (MEGATRON_TULU_FULL_TOPOLOGY=1): ~2 min each on two cores",
-)
+FULL = full_set_only("TOPOLOGY", "~2 min each on two cores")
 
 
 @FULL
