@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_tulu.errors import UserError
+
 __all__ = [
     "ControlChannel",
     "guard_process_group",
@@ -48,8 +50,9 @@ __all__ = [
 ]
 
 
-# This process only: a world of one's private store, torch's default MASTER_ADDR when none is
-# set. Anything another process or host must reach takes its address from host_address().
+# A world of one only (its private store, its MASTER_ADDR when none is set): a job of several
+# ranks must name MASTER_ADDR (torchrun does), and anything another process or host must reach
+# takes its address from host_address().
 LOCAL_ONLY = "127.0.0.1"
 
 
@@ -76,13 +79,21 @@ def job_env(env: Mapping[str, str] | None = None) -> JobEnv:
     rank = int(env.get("RANK", "0"))
     node = env.get("GROUP_RANK")  # torchrun: the node rank
     port = env.get("MASTER_PORT")
+    master = env.get("MASTER_ADDR")
+    if master is None:
+        if world > 1:  # ranks on other hosts would each dial their own loopback and wait forever
+            raise UserError(
+                f"WORLD_SIZE={world} but MASTER_ADDR is not set: launch with torchrun (it sets "
+                "MASTER_ADDR and MASTER_PORT) or set MASTER_ADDR to the address of rank 0's host"
+            )
+        master = LOCAL_ONLY
     return JobEnv(
         rank=rank,
         world_size=world,
         local_rank=int(env.get("LOCAL_RANK", "0")),
         local_world_size=local_world,
         node_rank=int(node) if node is not None else rank // max(1, local_world),
-        master_addr=env.get("MASTER_ADDR", LOCAL_ONLY),
+        master_addr=master,
         master_port=int(port) if port else None,
         agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
         restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),

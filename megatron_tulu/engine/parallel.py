@@ -14,7 +14,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig
 from megatron_tulu.config.validate import validate_layout
 from megatron_tulu.engine.cpu_compat import enable_cpu_compat
-from megatron_tulu.engine.job import LOCAL_ONLY, reserve_port
+from megatron_tulu.engine.job import LOCAL_ONLY, job_env, reserve_port
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,9 @@ def init_distributed(timeout_minutes: int = 30, world: LearnerWorld | None = Non
         return
     if "MASTER_PORT" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torchrun, or a caller that picked the port itself (a world of one unless it says more)
-        for key, default in (("MASTER_ADDR", LOCAL_ONLY), ("RANK", "0"), ("WORLD_SIZE", "1")):
-            os.environ.setdefault(key, default)
+        job = job_env()  # loopback only for a world of one; a larger world must name MASTER_ADDR
+        for key, value in (("MASTER_ADDR", job.master_addr), ("RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(key, value)
         dist.init_process_group(backend=backend, timeout=timeout)
         return
     # A world of one outside torchrun: a fresh port each time, so back-to-back runs (or stages of

@@ -44,6 +44,14 @@ def test_job_env_reads_torchrun_variables():
     )
 
 
+def test_several_ranks_without_master_addr_are_refused_not_sent_to_loopback():
+    from megatron_tulu.errors import UserError
+
+    with pytest.raises(UserError, match="WORLD_SIZE=2 but MASTER_ADDR is not set"):
+        job_env({"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": "29500"})
+    assert job_env({"MASTER_PORT": "29500"}).master_addr == "127.0.0.1"  # a world of one
+
+
 def test_host_address_never_assumes_loopback():
     job = job_env(
         {"GROUP_RANK": "1", "MASTER_ADDR": "node0.cluster", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}
