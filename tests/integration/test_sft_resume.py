@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, full_set_only
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -47,6 +47,7 @@ def _losses(out_dir):
     return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in rows]
 
 
+@full_set_only("FAULTS", "CI time budget; CI's fault sample kills SFT during a save and at random")
 def test_kill9_then_resume_is_exact(tmp_path):
     cache = tmp_path / "cache"
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
