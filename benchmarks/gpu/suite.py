@@ -178,7 +178,7 @@ def fp8_variants(
 ) -> dict[str, Callable[[torch.Tensor, torch.Tensor], Callable[[], torch.Tensor]]]:
     """name -> prepare(a [M,K] bf16, w [N,K] bf16) -> a zero-arg FP8 GEMM returning [M, N] bf16."""
     F = torch.nn.functional
-    v2 = hasattr(F, "scaled_mm") and hasattr(F, "ScalingType")
+    v2 = _has_scaled_mm_v2()
 
     def mm(a8, b8t, sa, sb, recipe_a=None, recipe_b=None):
         if v2 and recipe_a is not None:
@@ -262,7 +262,45 @@ def section_gemm(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
                 f"{k}={v.get('tflops', float('nan')):.0f}" for k, v in row.items() if isinstance(v, dict)
             ), flush=True)  # fmt: skip
         del a, w, ref
-    return {"tokens": shapes[0]["M"], "rows": rows}
+    out: dict[str, Any] = {"tokens": shapes[0]["M"], "rows": rows}
+    if not measure:
+        out["gpu_shape_calls"] = check_gpu_shape_calls(variants, checks)
+    return out
+
+
+def check_gpu_shape_calls(
+    variants: dict[str, Callable[[torch.Tensor, torch.Tensor], Callable[[], torch.Tensor]]], checks: Checks
+) -> dict[str, Any]:
+    """Each FP8 variant's call at every GPU shape, on meta tensors: torch's own scaled_mm shape,
+    stride and padding checks (its meta registration mirrors the CUDA ones) judge the layouts the
+    GPU run will pass, so a wrong scale layout shows here rather than in the first GPU minutes."""
+    shapes = gemm_shapes(4096)
+    result: dict[str, Any] = {}
+    for name, prep in variants.items():
+        refused = []
+        for s in shapes:
+            a = torch.empty(s["M"], s["K"], dtype=torch.bfloat16, device="meta")
+            w = torch.empty(s["N"], s["K"], dtype=torch.bfloat16, device="meta")
+            try:
+                out = prep(a, w)()
+                if out.shape != (s["M"], s["N"]) or out.dtype != torch.bfloat16:
+                    refused.append(f"{s['model']} {s['gemm']}: output {tuple(out.shape)} {out.dtype}")
+            except Exception as e:  # each refusal is reported with its shape
+                refused.append(
+                    f"{s['model']} {s['gemm']}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                )
+        if len(refused) == len(shapes) and not _has_scaled_mm_v2():
+            result[name] = {"unsupported": f"this torch ({torch.__version__}) has no scaled_mm for it"}
+            continue
+        result[name] = {"shapes": len(shapes), "refused": refused}
+        checks.check(f"gemm {name} call accepted at all {len(shapes)} GPU shapes (meta tensors)", not refused,
+                     **({"refused": refused[:3]} if refused else {}))  # fmt: skip
+    return result
+
+
+def _has_scaled_mm_v2() -> bool:
+    F = torch.nn.functional
+    return hasattr(F, "scaled_mm") and hasattr(F, "ScalingType")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,6 +570,10 @@ def main() -> int:
     if not measure and os.environ.get("TRITON_INTERPRET") != "1":
         print("error: on CPU run this through benchmarks/gpu/run_all.sh (it sets TRITON_INTERPRET=1)")
         return 2
+    clash = interpreter_clash(_version("triton"), _version("numpy"))
+    if not measure and clash:
+        print(f"error: {clash}")
+        return 2
     info = {
         "chip": chip_info(),
         "torch": torch.__version__,
@@ -574,6 +616,31 @@ def main() -> int:
         f"{'all checks passed' if checks.ok else 'SOME CHECKS FAILED'}; {summary['seconds']:.0f} s; wrote {out_dir / name}"
     )
     return 0 if checks.ok else 1
+
+
+def interpreter_clash(triton_version: str | None, numpy_version: str | None) -> str | None:
+    """Why the Triton interpreter cannot run the kernels with these versions, or None.
+
+    Triton 3.6's interpreter turns a kernel's integer argument into a Python int through a
+    one-element array, which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted"): seen
+    with Triton 3.6.0 + NumPy 2.4.6 (NumPy 2.3.5 works; Triton 3.9.0 works with 2.4.6). Compiled
+    GPU runs never use the interpreter, so this concerns the CPU correctness mode only."""
+
+    def major_minor(v: str | None) -> tuple[int, int] | None:
+        try:
+            major, minor = (v or "").split(".")[:2]
+            return int(major), int(minor)
+        except ValueError:
+            return None
+
+    t, n = major_minor(triton_version), major_minor(numpy_version)
+    if t is not None and n is not None and t < (3, 7) and n >= (2, 4):
+        return (
+            f"Triton {triton_version}'s interpreter fails on NumPy {numpy_version} (a loop over an integer "
+            "kernel argument raises 'only 0-dimensional arrays can be converted'); for the CPU "
+            "correctness run install numpy<2.4 or Triton >= 3.9"
+        )
+    return None
 
 
 def _version(pkg: str) -> str | None:
