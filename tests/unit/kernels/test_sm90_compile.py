@@ -33,6 +33,32 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     assert {r["kernel"] for r in result["kernels"]} == defined  # every kernel the package defines
     for row in result["kernels"]:
         assert row["registers"] > 0 and row["spill_store_bytes"] == row["spill_load_bytes"] == 0, row
+    fp8_rows = [r for r in result["kernels"] if r["kernel"] in ("quant_kernel", "dequant_kernel")]
+    assert fp8_rows and all(r["approximate_ops"] == {} for r in fp8_rows)  # byte-exact: IEEE ops only
+    assert all(any("e4m3" in c for c in r["fp8_casts"]) for r in fp8_rows)  # the hardware cast
+
+
+def test_approximate_ops_are_counted_by_opcode():
+    """What keeps the FP8 kernels byte-exact on the GPU: Triton's plain fp32 `/` compiles to
+    div.full.f32 (seen: the quant kernel with `1.0 / amax` fails compile_check.py), div_rn to div.rn."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compile_check", REPO / "benchmarks" / "gpu" / "compile_check.py"
+    )
+    cc = importlib.util.module_from_spec(spec)
+    sys.modules["compile_check"] = cc
+    spec.loader.exec_module(cc)
+    ptx = """
+        div.full.f32 %r3, %r1, %r2;
+        div.rn.f32 %r4, %r1, %r2;
+        rcp.approx.ftz.f32 %r5, %r1;
+        ex2.approx.f32 %r6, %r5;
+        ex2.approx.f32 %r7, %r6;
+        cvt.rn.satfinite.e4m3x2.f32 %rs1, %r6, %r7;
+    """
+    assert cc.approximate_ops(ptx) == {"div.full.f32": 1, "rcp.approx.ftz.f32": 1, "ex2.approx.f32": 2}
+    assert cc.approximate_ops("div.rn.f32 %r4, %r1, %r2;") == {}
 
 
 def test_launch_signature_follows_the_arguments():
