@@ -16,6 +16,12 @@ Megatron-Core assumes CUDA in a handful of places that matter for a dense GPT on
    generator, so they read and write that. The recompute runs inside ``torch.autograd.backward``,
    where torch pauses the (3) mode, so ``CheckpointFunction`` is swapped for a subclass whose
    backward re-enters the mode.
+7. the mixed-precision optimizer (bf16 / fp16 parameters with fp32 main copies) sorts parameters
+   by ``param.type() in ['torch.cuda.HalfTensor', 'torch.cuda.BFloat16Tensor']`` and refuses any
+   other type.  -> :func:`cuda_type_names`, entered by ``engine.optimizer`` around the optimizer's
+   construction only, answers ``Tensor.type()`` with the CUDA name of the same dtype (the device
+   the rest of this module maps to CPU), so bf16 training runs on CPU through Megatron's own
+   mixed-precision optimizer, the production path.
 
 Everything is registered in ``PATCH_TARGETS`` so ``tests/unit/test_cpu_compat.py`` can check that
 each target still exists and is still used by the installed Megatron-Core: if a new release moves
@@ -63,6 +69,15 @@ PATCH_TARGETS: tuple[tuple[str, str, str], ...] = (
     ("megatron.core.tensor_parallel.random", "CheckpointFunction", "megatron/core/tensor_parallel/random.py"),
 )
 
+# (source file, text it must still contain): checks a shim answers, where there is no attribute
+# to patch (item 7); tests/unit/test_cpu_compat.py fails when a release drops or rewords one.
+TYPE_CHECKS: tuple[tuple[str, str], ...] = (
+    (
+        "megatron/core/optimizer/optimizer.py",
+        "param.type() in ['torch.cuda.HalfTensor', 'torch.cuda.BFloat16Tensor']",
+    ),
+)
+
 _state: dict[str, Any] = {"enabled": False, "originals": {}, "mode": None}
 
 
@@ -90,6 +105,27 @@ class _CudaToCpuMode(TorchFunctionMode):
         if func in (torch.Tensor.to,) and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)
+
+
+class _CudaTypeNamesMode(TorchFunctionMode):
+    """``Tensor.type()`` (no argument) names a CPU tensor's type as its CUDA twin."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and isinstance(result, str):
+            if result.startswith("torch.") and not result.startswith("torch.cuda."):
+                return "torch.cuda." + result.removeprefix("torch.")
+        return result
+
+
+@contextlib.contextmanager
+def cuda_type_names() -> Iterator[None]:
+    """Item 7: while active (and only when the shims are), CPU tensors report CUDA type names."""
+    if not _state["enabled"]:
+        yield
+        return
+    with _CudaTypeNamesMode():
+        yield
 
 
 def _make_cpu_checkpoint_function(base: type) -> type:

@@ -51,7 +51,7 @@ def build_gpt_chunk(
 ) -> GPTModel:
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-    return GPTModel(
+    model = GPTModel(
         config=tcfg,
         transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(model_cfg, tp),
@@ -66,6 +66,13 @@ def build_gpt_chunk(
         rope_scaling_factor=model_cfg.rope_scaling_factor,
         vp_stage=vp_stage,
     )
+    # Every parameter in the training dtype, as Megatron's Float16Module leaves a bf16 / fp16 model:
+    # the local spec's torch norms (no Apex) are built in fp32 whatever params_dtype says, and
+    # Megatron's non-distributed mixed-precision optimizer cannot checkpoint a model holding both.
+    for param in model.parameters():
+        if param.dtype != tcfg.params_dtype:
+            param.data = param.data.to(tcfg.params_dtype)
+    return model
 
 
 def build_model(

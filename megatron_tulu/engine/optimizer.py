@@ -1,7 +1,8 @@
 """Megatron-Core optimizer + LR scheduler for the model chunks.
 
 GPU: Megatron's DistributedOptimizer (optimizer state sharded over DP) unless disabled.
-CPU: Megatron's plain FP32 optimizer (AdamW); its CUDA-only clip assertion is handled by
+CPU: Megatron's plain FP32 optimizer (AdamW), or with bf16 parameters its mixed-precision one
+(fp32 main copies), as on GPU; its CUDA-only clip assertion and type check are handled by
 ``cpu_compat``, and its global grad norm already reduces over the model-parallel group while
 skipping TP-duplicated parameters, so clipping matches the single-process reference.
 """
@@ -17,6 +18,7 @@ from megatron.core.optimizer.optimizer import MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_tulu.config.schema import OptimizerConfig, ParallelConfig, PrecisionConfig
+from megatron_tulu.engine import cpu_compat
 
 
 def build_optimizer(
@@ -40,7 +42,8 @@ def build_optimizer(
         params_dtype=torch.float32,
         use_distributed_optimizer=on_cuda and parallel.use_distributed_optimizer,
     )
-    return get_megatron_optimizer(config, model_chunks)
+    with cpu_compat.cuda_type_names():  # bf16 / fp16 on CPU: Megatron's type check (inert on CUDA)
+        return get_megatron_optimizer(config, model_chunks)
 
 
 def build_scheduler(

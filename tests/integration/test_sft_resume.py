@@ -48,16 +48,19 @@ def _losses(out_dir):
 
 
 @full_set_only("FAULTS", "CI time budget; CI's fault sample kills SFT during a save and at random")
-def test_kill9_then_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_kill9_then_resume_is_exact(tmp_path, dtype):
+    """bf16: Megatron's mixed-precision optimizer; its fp32 main copies must come back exactly."""
     cache = tmp_path / "cache"
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    done = _sft(straight, cache)
+    precision = f"precision.params_dtype={dtype}"
+    done = _sft(straight, cache, precision)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    killed = _sft(crashed, cache, fault="kill_after_step:3")
+    killed = _sft(crashed, cache, precision, fault="kill_after_step:3")
     assert killed.returncode != 0  # SIGKILL after step 3 (last checkpoint: step 2)
     assert [s for s, *_ in _losses(crashed)] == [1, 2, 3]
-    resumed = _sft(crashed, cache, "checkpoint.resume=true")
+    resumed = _sft(crashed, cache, precision, "checkpoint.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[resume] resuming from" in resumed.stdout and "step_0000002" in resumed.stdout
 

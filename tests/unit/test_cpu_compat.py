@@ -76,6 +76,28 @@ def test_enable_maps_cuda_to_cpu_and_disable_restores():
         torch.zeros(1, device="cuda")
 
 
+@pytest.mark.parametrize("user_file,text", compat.TYPE_CHECKS)
+def test_type_checks_the_shim_answers_are_still_there(user_file, text):
+    assert text in _site_file(user_file).read_text(), f"{user_file} no longer checks {text}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
+def test_cuda_type_names_only_inside_the_context_and_only_when_enabled():
+    x = torch.zeros(2, dtype=torch.bfloat16)
+    compat.disable_cpu_compat()
+    with compat.cuda_type_names():  # shims off: nothing to answer
+        assert x.type() == "torch.BFloat16Tensor"
+    try:
+        compat.enable_cpu_compat()
+        with compat.cuda_type_names():
+            assert x.type() == "torch.cuda.BFloat16Tensor"
+            assert x.float().type() == "torch.cuda.FloatTensor"
+            assert x.type(torch.float32).dtype == torch.float32  # the converting form is untouched
+        assert x.type() == "torch.BFloat16Tensor"
+    finally:
+        compat.disable_cpu_compat()
+
+
 def test_clip_replacement_scales_like_megatron():
     p = torch.nn.Parameter(torch.ones(4))
     p.grad = torch.full((4,), 3.0)

@@ -21,8 +21,8 @@ from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weight
 VOCAB = 0  # set in main()
 
 
-def make_global_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(7)
+def make_global_batch(vocab: int, batch: int, seq: int, seed: int = 7) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
     mask = (torch.rand(batch, seq, generator=gen) > 0.3).long()
     mask[:, -1] = 1
