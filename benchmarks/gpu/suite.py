@@ -486,7 +486,7 @@ def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
         layers, seq, steps, dtype = 4, 4096, 6, "bf16"
     else:
         hidden, ffn, heads, kv, hd, vocab = 256, 768, 4, 2, 64, 1000
-        layers, seq, steps, dtype = 1, 64, 2, "fp32"
+        layers, seq, steps, dtype = 1, 64, 2, "bf16"  # the GPU run's dtype: mixed-precision optimizer
     cfg = ModelConfig(
         name="llama3.1_8b_slice", num_layers=layers, hidden_size=hidden, ffn_hidden_size=ffn,
         num_attention_heads=heads, num_query_groups=kv, kv_channels=hd, vocab_size=vocab,
