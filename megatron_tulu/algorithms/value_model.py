@@ -16,6 +16,7 @@ from megatron.core.models.gpt import GPTModel
 
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_tulu.engine.model import build_model, unwrap
+from megatron_tulu.engine.optimizer import uses_distributed_optimizer
 from megatron_tulu.models.hf_io import SafetensorsReader, load_hf_weights
 
 
@@ -61,7 +62,7 @@ def build_value_model(
     ddp_cfg = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,
-        use_distributed_optimizer=torch.cuda.is_available() and parallel.use_distributed_optimizer,
+        use_distributed_optimizer=uses_distributed_optimizer(parallel),
     )
     return [
         DistributedDataParallel(config=tcfg, ddp_config=ddp_cfg, module=c, disable_bucketing=i > 0)

@@ -55,8 +55,9 @@ class ParallelConfig:
     # Activation recompute: none | selective (core attention) | full (every layer's input kept,
     # the layer re-run in backward; what 405B needs to fit, see examples/rlvr_405b.py --dry-run)
     recompute: str = "none"
-    # Megatron's DistributedOptimizer (ZeRO-1 over DP) on GPU; CPU always uses the plain path.
-    use_distributed_optimizer: bool = True
+    # Megatron's DistributedOptimizer (ZeRO-1 over DP). Unset: on GPU yes, on CPU Megatron's plain
+    # optimizer (what the CPU tests and the demo run); true / false: that, on either device.
+    use_distributed_optimizer: bool | None = None
     distributed_timeout_minutes: int = 30
 
 

@@ -15,6 +15,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_tulu.config.transformer import padded_vocab_size, to_transformer_config
+from megatron_tulu.engine.optimizer import uses_distributed_optimizer
 
 
 def transformer_engine_usable() -> bool:
@@ -102,7 +103,7 @@ def build_model(
     ddp_cfg = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,
-        use_distributed_optimizer=on_cuda and parallel.use_distributed_optimizer,
+        use_distributed_optimizer=uses_distributed_optimizer(parallel),
     )
     return [
         DistributedDataParallel(

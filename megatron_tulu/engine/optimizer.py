@@ -2,7 +2,9 @@
 
 GPU: Megatron's DistributedOptimizer (optimizer state sharded over DP) unless disabled.
 CPU: Megatron's plain FP32 optimizer (AdamW), or with bf16 parameters its mixed-precision one
-(fp32 main copies), as on GPU; its CUDA-only clip assertion and type check are handled by
+(fp32 main copies), as on GPU; the DistributedOptimizer when asked for
+(``parallel.use_distributed_optimizer=true``, over gloo). The CUDA-only clip assertion and type
+check are handled by
 ``cpu_compat``, and its global grad norm already reduces over the model-parallel group while
 skipping TP-duplicated parameters, so clipping matches the single-process reference.
 """
@@ -21,13 +23,18 @@ from megatron_tulu.config.schema import OptimizerConfig, ParallelConfig, Precisi
 from megatron_tulu.engine import cpu_compat
 
 
+def uses_distributed_optimizer(parallel: ParallelConfig) -> bool:
+    """``parallel.use_distributed_optimizer``, unset meaning: on GPU yes, on CPU no."""
+    choice = parallel.use_distributed_optimizer
+    return torch.cuda.is_available() if choice is None else bool(choice)
+
+
 def build_optimizer(
     model_chunks: list[torch.nn.Module],
     opt: OptimizerConfig,
     parallel: ParallelConfig,
     precision: PrecisionConfig,
 ) -> MegatronOptimizer:
-    on_cuda = torch.cuda.is_available()
     config = McoreOptimizerConfig(
         optimizer="adam",
         lr=opt.lr,
@@ -40,7 +47,7 @@ def build_optimizer(
         bf16=precision.params_dtype == "bf16",
         fp16=precision.params_dtype == "fp16",
         params_dtype=torch.float32,
-        use_distributed_optimizer=on_cuda and parallel.use_distributed_optimizer,
+        use_distributed_optimizer=uses_distributed_optimizer(parallel),
     )
     with cpu_compat.cuda_type_names():  # bf16 / fp16 on CPU: Megatron's type check (inert on CUDA)
         return get_megatron_optimizer(config, model_chunks)

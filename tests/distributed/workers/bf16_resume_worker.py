@@ -1,4 +1,5 @@
-"""Worker: bf16 training through Megatron's mixed-precision optimizer (fp32 main copies) on CPU.
+"""Worker: bf16 training through Megatron's mixed-precision optimizer (fp32 main copies) on CPU,
+or (``--distributed-optimizer``) its DistributedOptimizer, the GPU default, over gloo.
 
 Without ``--resume``: step 1, checkpoint (model + optimizer), step 2. With ``--resume``: a fresh
 build loads that checkpoint, then step 2. Saves (rank 0) step 2's loss, the bf16 weights, the fp32
@@ -42,12 +43,13 @@ def main() -> None:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--distributed-optimizer", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
     cfg = model_config_from_hf(args.hf)
     train_equivalence.VOCAB = cfg.vocab_size
-    parallel = ParallelConfig(tp=args.tp)
+    parallel = ParallelConfig(tp=args.tp, use_distributed_optimizer=args.distributed_optimizer)
     info = init_parallel(cfg, parallel, seed=1)
     precision = PrecisionConfig(params_dtype="bf16", transformer_impl="local")
     chunks = build_model(cfg, parallel, precision)
@@ -64,7 +66,13 @@ def main() -> None:
     result = one_step(chunks, optimizer, 2, info.dp_rank, info.dp)
 
     weights = collect_hf_state_on_rank0(chunks, cfg)
-    main_params = collect_hf_state_on_rank0(chunks, cfg, accessor=lambda prm: prm.main_param)
+    # the plain mixed-precision optimizer keeps a whole fp32 copy per parameter; the distributed one
+    # keeps DP shards of them, which step 2's loss and weights already depend on
+    main_params = (
+        None
+        if args.distributed_optimizer
+        else collect_hf_state_on_rank0(chunks, cfg, accessor=lambda prm: prm.main_param)
+    )
     dtypes = sorted({str(prm.dtype) for chunk in chunks for prm in unwrap(chunk).parameters()})
     if parallel_state.get_data_parallel_rank() == 0 and info.rank == 0:
         torch.save(
