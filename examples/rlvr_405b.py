@@ -291,7 +291,8 @@ def dry_run(args: argparse.Namespace, overrides: list[str]) -> int:
         sequence_parallel=cfg.parallel.sequence_parallel,
         grad_dtype=args.grad_dtype,
         params_dtype=cfg.precision.params_dtype,
-        distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+        # a plan for GPUs: unset means the GPU default (the DistributedOptimizer)
+        distributed_optimizer=cfg.parallel.use_distributed_optimizer is not False,
         value_model=value,
     )
     limit = args.gpu_memory_gb if args.memory_limit_gb is None else args.memory_limit_gb
