@@ -2,11 +2,10 @@
 
 GPU: Megatron's DistributedOptimizer (optimizer state sharded over DP) unless disabled.
 CPU: Megatron's plain FP32 optimizer (AdamW), or with bf16 parameters its mixed-precision one
-(fp32 main copies), as on GPU; the DistributedOptimizer when asked for
-(``parallel.use_distributed_optimizer=true``, over gloo). The CUDA-only clip assertion and type
-check are handled by
-``cpu_compat``, and its global grad norm already reduces over the model-parallel group while
-skipping TP-duplicated parameters, so clipping matches the single-process reference.
+(fp32 main copies) as on GPU, or the DistributedOptimizer when asked for
+(``parallel.use_distributed_optimizer=true``; over gloo). ``cpu_compat`` answers their CUDA-only
+clip assertion and type check. The global grad norm already reduces over the model-parallel group
+while skipping TP-duplicated parameters, so clipping matches the single-process reference.
 """
 
 from __future__ import annotations
