@@ -21,7 +21,7 @@ if [ -z "$PY312" ]; then
 fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY312" -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.11.0 triton==3.6.0 'numpy<2.4' packaging
+  "$VENV/bin/pip" install -q torch==2.11.0 triton==3.6.0 'numpy<2.4' packaging psutil
 fi
 [ -d benchmarks/gpu/.deps/megatron ] || benchmarks/gpu/run_all.sh --pack-deps
 OUT=benchmarks/results/gpu/rehearsal

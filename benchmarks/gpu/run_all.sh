@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the kernels issue in one call: bf16 vs FP8 GEMMs, fused vs unfused
-# log-prob, the FP8 quantization kernel's bandwidth, and the Megatron train-step MFU; results in
+# log-prob, the FP8 quantization kernel's bandwidth, the Megatron train-step MFU, and a checkpoint
+# resume through the DistributedOptimizer; results in
 # benchmarks/results/gpu/*.json. Budget: under 8 minutes on one H100/H200 (torch + Triton; no TE,
 # no vLLM, no network). On a machine without CUDA it checks correctness only (small sizes, Triton
 # kernels in the interpreter), writes benchmarks/results/gpu/cpu_correctness.json and says so.

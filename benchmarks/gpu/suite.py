@@ -17,7 +17,9 @@ On CUDA it writes one JSON per section to ``--out-dir``:
 - ``fp8_quant.json``: the blockwise FP8 quantize / dequantize kernels' GB/s vs the chip's memory
   bandwidth, and byte-equality of the Triton kernel with the PyTorch reference on the GPU;
 - ``mfu.json``: the Megatron engine's train step (our build_model / optimizer / train_step, local
-  layer spec, bf16) on a Llama-3.1-8B-shaped slice (4 layers, seq 4096): tokens/s and MFU.
+  layer spec, bf16) on a Llama-3.1-8B-shaped slice (4 layers, seq 4096): tokens/s and MFU;
+- ``resume.json``: a bf16 checkpoint resume through the DistributedOptimizer (tiny model): AdamW
+  step counts checked, loss and weights against the uninterrupted step reported.
 
 On CPU it runs every section's correctness checks at small sizes (Triton kernels under
 TRITON_INTERPRET=1) and writes only ``cpu_correctness.json``: no speed number comes from a CPU.
@@ -466,20 +468,72 @@ def train_flops_per_token(
     return 3 * (matmul + attention)
 
 
-def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
+def _megatron_missing() -> str | None:
     try:
         import megatron.core  # noqa: F401
     except ImportError as e:
-        return {
-            "skipped": f"megatron-core not importable here ({e}); run_all.sh carries it from benchmarks/gpu/.deps"
-        }
+        return f"megatron-core not importable here ({e}); run_all.sh carries it from benchmarks/gpu/.deps"
     sys.path.insert(0, str(REPO))
-    from megatron_tulu.config.schema import ModelConfig, OptimizerConfig, ParallelConfig, PrecisionConfig
+    return None
+
+
+def _llama_config(
+    hidden: int, ffn: int, heads: int, kv: int, hd: int, vocab: int, layers: int, seq: int
+) -> Any:
+    from megatron_tulu.config.schema import ModelConfig
+
+    return ModelConfig(
+        name="llama3.1_8b_slice", num_layers=layers, hidden_size=hidden, ffn_hidden_size=ffn,
+        num_attention_heads=heads, num_query_groups=kv, kv_channels=hd, vocab_size=vocab,
+        max_position_embeddings=max(seq, 8192),
+    )  # fmt: skip
+
+
+def _sft_batch(vocab: int, seq: int, dev: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One unpacked row, every target trained: the SFT trainer's batch layout."""
+    ids = torch.randint(
+        0, vocab, (1, seq + 1), device=dev, generator=torch.Generator(device=dev).manual_seed(seed)
+    )
+    return {
+        "tokens": ids[:, :-1],
+        "labels": ids[:, 1:],
+        "loss_mask": torch.ones(1, seq, device=dev),
+        "position_ids": torch.arange(seq, device=dev).unsqueeze(0),
+        "document_ids": torch.zeros(1, seq, dtype=torch.long, device=dev),
+    }
+
+
+def _train_one_step(chunks: list[Any], optimizer: Any, batch: dict[str, torch.Tensor], vocab: int) -> float:
+    """One optimizer step through the trainers' forward helper with the fused log-prob head
+    (their default); the SFT trainer's own forward_step would pull in hydra, which the GPU machine
+    may not have. Returns the per-token loss."""
+    from megatron_tulu.engine.train_step import forward_batch, train_step
+    from megatron_tulu.losses.lm import masked_token_loss
+
+    def step(it, model):
+        head, b = forward_batch(model, next(it), vocab_size=vocab, fused=True)
+
+        def loss_func(head):
+            loss, n = masked_token_loss(-head.log_probs(b["labels"]), b["loss_mask"])
+            return loss, n, {"loss_per_token": torch.stack([loss.detach(), n.float()])}
+
+        return head, loss_func
+
+    seq = batch["tokens"].shape[1]
+    res = train_step(step, iter([batch]), chunks, optimizer, None, num_microbatches=1, seq_length=seq,
+                     micro_batch_size=1)  # fmt: skip
+    return float(res.metrics["loss_per_token"])
+
+
+def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
+    missing = _megatron_missing()
+    if missing:
+        return {"skipped": missing}
+    from megatron_tulu.config.schema import OptimizerConfig, ParallelConfig, PrecisionConfig
     from megatron_tulu.engine.model import build_model
     from megatron_tulu.engine.optimizer import build_optimizer
     from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.engine.train_step import forward_batch, prepare_model_for_training, train_step
-    from megatron_tulu.losses.lm import masked_token_loss
+    from megatron_tulu.engine.train_step import prepare_model_for_training
 
     if measure:
         hidden, ffn, heads, kv, hd, vocab = LLAMA["llama3.1_8b"]
@@ -487,11 +541,7 @@ def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
     else:
         hidden, ffn, heads, kv, hd, vocab = 256, 768, 4, 2, 64, 1000
         layers, seq, steps, dtype = 1, 64, 2, "bf16"  # the GPU run's dtype: mixed-precision optimizer
-    cfg = ModelConfig(
-        name="llama3.1_8b_slice", num_layers=layers, hidden_size=hidden, ffn_hidden_size=ffn,
-        num_attention_heads=heads, num_query_groups=kv, kv_channels=hd, vocab_size=vocab,
-        max_position_embeddings=max(seq, 8192),
-    )  # fmt: skip
+    cfg = _llama_config(hidden, ffn, heads, kv, hd, vocab, layers, seq)
     parallel, precision = ParallelConfig(), PrecisionConfig(params_dtype=dtype, transformer_impl="local")
     init_parallel(cfg, parallel, seed=1)
     try:
@@ -499,39 +549,16 @@ def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
         optimizer = build_optimizer(chunks, OptimizerConfig(lr=1e-5, warmup_ratio=0.0), parallel, precision)
         prepare_model_for_training(chunks, optimizer)
         dev = "cuda" if measure else "cpu"
-        ids = torch.randint(
-            0, vocab, (1, seq + 1), device=dev, generator=torch.Generator(device=dev).manual_seed(0)
-        )
-        batch = {  # one unpacked row, every target trained: the SFT trainer's batch layout
-            "tokens": ids[:, :-1],
-            "labels": ids[:, 1:],
-            "loss_mask": torch.ones(1, seq, device=dev),
-            "position_ids": torch.arange(seq, device=dev).unsqueeze(0),
-            "document_ids": torch.zeros(1, seq, dtype=torch.long, device=dev),
-        }
-        # the trainers' forward helper with the fused log-prob head (their default); the SFT
-        # trainer's own forward_step would pull in hydra, which this machine may not have
-
-        def step(it, model):
-            head, b = forward_batch(model, next(it), vocab_size=vocab, fused=True)
-
-            def loss_func(head):
-                loss, n = masked_token_loss(-head.log_probs(b["labels"]), b["loss_mask"])
-                return loss, n, {"loss_per_token": torch.stack([loss.detach(), n.float()])}
-
-            return head, loss_func
-
+        batch = _sft_batch(vocab, seq, dev)
         losses, times = [], []
         for _ in range(steps):
             if measure:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            res = train_step(step, iter([batch]), chunks, optimizer, None, num_microbatches=1, seq_length=seq,
-                             micro_batch_size=1)  # fmt: skip
+            losses.append(_train_one_step(chunks, optimizer, batch, vocab))
             if measure:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-            losses.append(float(res.metrics["loss_per_token"]))
         finite = all(math.isfinite(x) for x in losses)
         checks.check("train step runs, loss finite", finite, losses=losses)
         out: dict[str, Any] = {
@@ -556,8 +583,93 @@ def section_mfu(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
         destroy_parallel()
 
 
-SECTIONS = {"gemm": section_gemm, "fused": section_fused, "quant": section_quant, "mfu": section_mfu}
-FILES = {"gemm": "gemm.json", "fused": "fused_logprob.json", "quant": "fp8_quant.json", "mfu": "mfu.json"}
+def section_resume(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any]:
+    """A checkpoint resume through Megatron's DistributedOptimizer (the GPU default) in bf16: the
+    step after a resume must be the uninterrupted run's step. The GPU run of Nov 2026 was not (loss
+    145.04 vs 144.69); the cause, found on CPU, was a shared AdamW ``step`` tensor after a load
+    (fixed in engine/checkpoint.py). Whether the per-parameter step counts are right is checked
+    exactly on either device; whether loss and weights match bit for bit is checked on CPU and
+    reported on GPU (its kernels need not be deterministic)."""
+    missing = _megatron_missing()
+    if missing:
+        return {"skipped": missing}
+    if importlib.util.find_spec("psutil") is None:
+        # seen in the rehearsal venv: the writer process fails and the save never returns
+        return {"skipped": "psutil is not installed: megatron-core's checkpoint writer needs it"}
+    import tempfile
+
+    from megatron_tulu.config.schema import OptimizerConfig, ParallelConfig, PrecisionConfig
+    from megatron_tulu.engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
+    from megatron_tulu.engine.model import build_model, unwrap
+    from megatron_tulu.engine.optimizer import build_optimizer
+    from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+    from megatron_tulu.engine.train_step import prepare_model_for_training
+
+    hidden, ffn, heads, kv, hd, vocab, layers, seq = 256, 768, 4, 2, 64, 1000, 2, 64
+    cfg = _llama_config(hidden, ffn, heads, kv, hd, vocab, layers, seq)
+    parallel = ParallelConfig(use_distributed_optimizer=True)
+    precision = PrecisionConfig(params_dtype="bf16", transformer_impl="local")
+    dev = "cuda" if measure else "cpu"
+    init_parallel(cfg, parallel, seed=1)
+
+    def build() -> tuple[list[Any], Any]:
+        chunks = build_model(cfg, parallel, precision)
+        opt = build_optimizer(chunks, OptimizerConfig(lr=1e-3, warmup_ratio=0.0), parallel, precision)
+        prepare_model_for_training(chunks, opt)
+        return chunks, opt
+
+    def weights(chunks: list[Any]) -> dict[str, torch.Tensor]:
+        return {
+            k: v.detach().float().clone()
+            for k, v in unwrap(chunks[0]).state_dict().items()
+            if torch.is_tensor(v)
+        }
+
+    def adam_steps(opt: Any) -> list[float]:
+        inner = [o.optimizer for o in getattr(opt, "chained_optimizers", [opt])]
+        return sorted({float(st["step"]) for o in inner for st in o.state.values() if "step" in st})
+
+    try:
+        chunks, opt = build()
+        _train_one_step(chunks, opt, _sft_batch(vocab, seq, dev, seed=1), vocab)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(tmp, 1, chunks, opt, None)
+            straight_loss = _train_one_step(chunks, opt, _sft_batch(vocab, seq, dev, seed=2), vocab)
+            straight = weights(chunks)
+            chunks, opt = build()
+            load_checkpoint(find_latest(tmp), chunks, opt, None)
+        resumed_loss = _train_one_step(chunks, opt, _sft_batch(vocab, seq, dev, seed=2), vocab)
+        resumed = weights(chunks)
+        max_diff = max(float((resumed[k] - straight[k]).abs().max()) for k in straight)
+        steps = adam_steps(opt)
+        out = {
+            "optimizer": type(getattr(opt, "chained_optimizers", [opt])[0]).__name__,
+            "dtype": "bf16", "losses": {"uninterrupted": straight_loss, "resumed": resumed_loss},
+            "weights_max_abs_diff": max_diff, "adam_steps_after": steps,
+        }  # fmt: skip
+        if steps:  # torch AdamW keeps a step per parameter (TE / Apex FusedAdam keep one per group)
+            checks.check("resume: every parameter's AdamW step is 2 after the resumed step", steps == [2.0],
+                         steps=steps)  # fmt: skip
+        same = resumed_loss == straight_loss and max_diff == 0.0
+        if measure:
+            print(f"  resumed step: loss {resumed_loss:.6f} vs {straight_loss:.6f} uninterrupted, "
+                  f"weights max |diff| {max_diff:.3g}", flush=True)  # fmt: skip
+        else:
+            checks.check("resume through the DistributedOptimizer is bit-exact (bf16)", same,
+                         loss=resumed_loss, uninterrupted=straight_loss, max_diff=max_diff)  # fmt: skip
+        return out
+    finally:
+        destroy_parallel()
+
+
+SECTIONS = {
+    "gemm": section_gemm, "fused": section_fused, "quant": section_quant, "mfu": section_mfu,
+    "resume": section_resume,
+}  # fmt: skip
+FILES = {
+    "gemm": "gemm.json", "fused": "fused_logprob.json", "quant": "fp8_quant.json", "mfu": "mfu.json",
+    "resume": "resume.json",
+}  # fmt: skip
 
 
 def main() -> int:

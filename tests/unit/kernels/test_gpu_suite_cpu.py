@@ -38,6 +38,9 @@ def test_run_all_cpu_correctness(tmp_path):
     # every FP8 GEMM variant's call at the 15 GPU shapes, judged by torch's own scaled_mm checks
     assert sum("GPU shapes (meta tensors)" in n for n in names) == 3
     assert all(v["refused"] == [] for v in result["sections"]["gemm"]["gpu_shape_calls"].values())
+    # a resume through the DistributedOptimizer: step counts and bit-exactness
+    assert result["sections"]["resume"]["adam_steps_after"] == [2.0]
+    assert any("DistributedOptimizer is bit-exact" in n for n in names)
     assert not list(tmp_path.glob("gemm.json"))  # no speed numbers from a CPU
 
 
