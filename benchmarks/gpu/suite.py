@@ -713,6 +713,8 @@ def main() -> int:
             traceback.print_exc()
             result = {"error": f"{type(e).__name__}: {e}"}
             checks.check(f"section {name} completed", False, error=result["error"])
+        if "skipped" in result:
+            print(f"  skipped: {result['skipped']}", flush=True)
         result["seconds"] = time.perf_counter() - t0
         summary["sections"][name] = result
         if measure:
