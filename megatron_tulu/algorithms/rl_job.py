@@ -16,18 +16,10 @@ from pathlib import Path
 
 from megatron_tulu.algorithms.roles import RankRole, RoleAssignment, assign_roles
 from megatron_tulu.config.schema import RLVRRunConfig
-from megatron_tulu.engine.job import (
-    ControlChannel,
-    JobEnv,
-    Watchdog,
-    connect_store,
-    guard_process_group,
-    host_address,
-    job_env,
-    lookup,
-    publish,
-    reserve_port,
-)
+from megatron_tulu.engine.control import ControlChannel
+from megatron_tulu.engine.job import DriverGate, JobEnv, connect_store, job_env, lookup, publish
+from megatron_tulu.engine.liveness import Watchdog, guard_process_group, monitor_ranks
+from megatron_tulu.engine.network import configure_node_network, port_for_foreign_server
 from megatron_tulu.engine.parallel import LearnerWorld
 from megatron_tulu.rollout.fleet import (
     ColocatedEngineThread,
@@ -63,10 +55,23 @@ class RLJob:
     watchdog: Watchdog | None
     host: str
     placements: list[EnginePlacement]
+    _gate: DriverGate | None = None
 
     @property
     def is_driver(self) -> bool:
         return self.job.rank == 0
+
+    def alive(self) -> None:
+        """Raises once the watchdog has a verdict (for waits that poll)."""
+        if self.watchdog is not None:
+            self.watchdog.check()
+
+    def driver_gate(self) -> DriverGate:
+        """The learners' one gate before collectives that wait on the driver's work (one object
+        per process: every learner counts the same passages)."""
+        if self._gate is None:
+            self._gate = DriverGate(self.store, self.is_driver, alive=self.alive)
+        return self._gate
 
     def learner_world(self) -> LearnerWorld:
         return LearnerWorld(self.store, self.job.rank, self.roles.learner_world_size)
@@ -88,11 +93,12 @@ class RLJob:
         )
 
     def refit_address(self) -> tuple[str, int]:
-        """Where learner rank 0 hosts the refit group's store: its own address and a port it
-        reserved, shared with the other learners through the job store."""
+        """Where learner rank 0 hosts the refit group's store: its own address and a port outside
+        the ephemeral range (the store binds it), shared with the other learners through the job
+        store."""
         if self.is_driver:
-            publish(self.store, "refit/address", (self.host, reserve_port()))
-        return lookup(self.store, "refit/address", 600.0)
+            publish(self.store, "refit/address", (self.host, port_for_foreign_server(self.host)))
+        return lookup(self.store, "refit/address", alive=self.alive)
 
     def start_fleet(self, options: EngineOptions) -> tuple[EngineFleet | None, ColocatedEngineThread | None]:
         """On learner ranks: start the engines this process hosts (colocated placement) and, on the
@@ -126,6 +132,7 @@ class RLJob:
             options,
             self.roles.gpus_per_node,
             self.host,
+            alive=self.alive,
         )
 
     def finish(self) -> None:
@@ -155,8 +162,8 @@ def start_rl_job(cfg: RLVRRunConfig, verbose: bool = True) -> RLJob:
     )
     if verbose and job.rank == 0:
         print("roles:\n" + roles.describe(), file=sys.stderr, flush=True)
-    timeout_s = cfg.rollout.refit_timeout_s
-    store = connect_store(job, timeout_s=max(timeout_s, 300.0))
+    timeout_s = cfg.rollout.heartbeat_timeout_s or cfg.rollout.refit_timeout_s
+    store = connect_store(job, timeout_s=max(cfg.rollout.refit_timeout_s, 300.0))
     placements = [
         EnginePlacement(
             index=e,
@@ -166,18 +173,20 @@ def start_rl_job(cfg: RLVRRunConfig, verbose: bool = True) -> RLJob:
         for e in range(roles.num_engines)
     ]
     channel = watchdog = None
+    host = "127.0.0.1"
     if job.world_size > 1:
-        channel = ControlChannel(
-            store, job.rank, job.world_size, timeout_s=cfg.parallel.distributed_timeout_minutes * 60
-        )
+        # this node's address for gloo, NCCL and vLLM (exported to vLLM's processes too)
+        host = configure_node_network(job.master_addr, job.nodes).address
         watchdog = Watchdog(
             store,
             job.rank,
             list(range(job.world_size)),
             describe=lambda r: describe_rank(roles, r),
             timeout_s=timeout_s,
+            monitor=job.rank in monitor_ranks(job.world_size, job.local_world_size),
         )
         watchdog.watch_sigterm()
+        channel = ControlChannel(store, job.rank, job.world_size, host, alive=watchdog.check)
     return RLJob(
         job=job,
         roles=roles,
@@ -185,6 +194,6 @@ def start_rl_job(cfg: RLVRRunConfig, verbose: bool = True) -> RLJob:
         store=store,
         channel=channel,
         watchdog=watchdog,
-        host=host_address(job),
+        host=host,
         placements=placements,
     )

@@ -14,7 +14,8 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig
 from megatron_tulu.config.validate import validate_layout
 from megatron_tulu.engine.cpu_compat import enable_cpu_compat
-from megatron_tulu.engine.job import LOCAL_ONLY, job_env, reserve_port
+from megatron_tulu.engine.job import LOCAL_ONLY, job_env
+from megatron_tulu.engine.network import configure_node_network, port_for_foreign_server
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ def init_distributed(timeout_minutes: int = 30, world: LearnerWorld | None = Non
     if "MASTER_PORT" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torchrun, or a caller that picked the port itself (a world of one unless it says more)
         job = job_env()  # loopback only for a world of one; a larger world must name MASTER_ADDR
+        if job.world_size > 1:  # gloo / NCCL bind this node's shared interface, never 127.0.1.1
+            configure_node_network(job.master_addr, job.nodes)
         for key, value in (("MASTER_ADDR", job.master_addr), ("RANK", "0"), ("WORLD_SIZE", "1")):
             os.environ.setdefault(key, value)
         dist.init_process_group(backend=backend, timeout=timeout)
@@ -87,7 +90,7 @@ def init_distributed(timeout_minutes: int = 30, world: LearnerWorld | None = Non
     # one pipeline process) never collide with a store port still in TIME_WAIT.
     dist.init_process_group(
         backend=backend,
-        init_method=f"tcp://{LOCAL_ONLY}:{reserve_port(LOCAL_ONLY)}",
+        init_method=f"tcp://{LOCAL_ONLY}:{port_for_foreign_server(LOCAL_ONLY)}",
         rank=0,
         world_size=1,
         timeout=timeout,

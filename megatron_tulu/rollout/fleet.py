@@ -14,6 +14,9 @@ Who does what (roles from :func:`megatron_tulu.algorithms.roles.assign_roles`):
 With ``colocated`` placement the engine leaders are learner ranks: the driver's own engine is
 called in-process, any other leader answers from a service thread beside its training. Engines
 never use the default process group, so Megatron sees the learners only.
+
+Every wait here is as long as the work behind it (an engine start, a generation): the control
+channel polls and the watchdog, not a collective timeout, ends a wait whose peer died.
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from megatron_tulu.engine.job import ControlChannel, lookup, publish, reserve_port
+from megatron_tulu.engine.control import DRIVER, ControlChannel
+from megatron_tulu.engine.job import lookup, publish
+from megatron_tulu.engine.network import port_for_foreign_server
 from megatron_tulu.rollout.bridge.transport import RefitSpec
 from megatron_tulu.rollout.engine import Rollout, RolloutEngine, SamplingSettings, run_headless_workers
 
 __all__ = ["EngineFleet", "EngineOptions", "EnginePlacement", "serve_engine_rank", "split_evenly"]
 
-DRIVER = 0  # global rank of learner rank 0: learners come first in every placement
 
-
+# DRIVER (global rank 0) is learner rank 0: learners come first in every placement.
 @dataclass(frozen=True)
 class EngineOptions:
     """What every engine of the job is started with (one definition for leaders and node hosts)."""
@@ -133,6 +137,8 @@ class _LeaderService:
         self.engine, self.rank = engine, rank
 
     def handle(self, command: str, args: dict[str, Any]) -> Any:
+        if command == "ready":  # answered once the engine is built (the driver's wait_ready)
+            return True
         if command == "generate":
             return self.engine.generate(args["prompts"], args["settings"])
         if command == "join_refit":
@@ -171,7 +177,7 @@ def serve_engine_rank(
     options: EngineOptions,
     gpus_per_node: int,
     host: str,
-    timeout_s: float = 3600.0,
+    alive=None,
 ) -> None:
     """Main loop of a rank whose role is engine-only (dedicated placement): start this rank's
     share of its engine (leader, node host or nothing), serve the driver, shut down on stop."""
@@ -184,9 +190,9 @@ def serve_engine_rank(
             kwargs = options.kwargs()
             if multinode:
                 key = f"engine/{placement.index}/master"
-                if rank == placement.leader:
-                    publish(store, key, (host, reserve_port()))
-                master_addr, master_port = lookup(store, key, timeout_s)
+                if rank == placement.leader:  # vLLM binds it: a port no outgoing connection takes
+                    publish(store, key, (host, port_for_foreign_server(host)))
+                master_addr, master_port = lookup(store, key, alive=alive)
                 kwargs.update(
                     nnodes=len(placement.node_list),
                     node_rank=placement.node_list.index(my_node),
@@ -297,6 +303,11 @@ class EngineFleet:
                 r.prompt_index += start
             out.extend(rollouts)
         return out
+
+    def wait_ready(self) -> None:
+        """Wait until every remote engine is built and serving (as long as loading takes: the
+        control channel polls), so what follows -- the refit group's formation -- is quick."""
+        self._call_all("ready", [{} for _ in self.placements], run_local=False)
 
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]], engine: int = 0) -> list[list[float]]:
         """Per-token log-probs of ``sequences`` under one engine's current weights (verification)."""
