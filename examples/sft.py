@@ -33,4 +33,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from megatron_tulu.engine.gpu_stack import exit_on_cpu_stack
+
+    exit_on_cpu_stack()  # a CPU venv on a GPU node: one error line, before Hydra starts
     main()

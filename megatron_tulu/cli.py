@@ -56,7 +56,13 @@ def exit_on_sigterm() -> None:
     exit handlers run: without it the process dies at once and its vLLM engine processes live on as
     orphans holding their memory."""
 
+    from megatron_tulu.engine.stop_request import defer_sigterm  # stdlib only: cheap
+
     def handler(signum: int, frame: object) -> None:
+        # a trainer in its step loop takes a first SIGTERM as a stop request: a checkpoint at the
+        # step boundary, then a clean exit (engine/stop_request.py); otherwise unwind now
+        if defer_sigterm():
+            return
         raise SystemExit(128 + signum)
 
     if threading.current_thread() is threading.main_thread():  # signal.signal refuses other threads
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     try:
+        from megatron_tulu.engine.gpu_stack import check_gpu_stack
+
+        check_gpu_stack()  # a CPU venv on a GPU node: refused before any work (engine/gpu_stack.py)
         func = getattr(importlib.import_module(module_name), func_name)
         result = func(rest)
     except Exception as exc:  # report() re-raises everything that is not a user error

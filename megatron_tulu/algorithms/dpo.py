@@ -289,4 +289,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from megatron_tulu.engine.gpu_stack import exit_on_cpu_stack
+
+    exit_on_cpu_stack()  # as `megatron-tulu` does: no CPU venv on a GPU node
     sys.exit(main(sys.argv[1:]))

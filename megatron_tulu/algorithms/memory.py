@@ -40,7 +40,10 @@
 **Engine rank** (vLLM, TP ``n``): weights ``2 B x P / n`` (the vocabulary padded to 64), and the
 KV cache gets what ``gpu_memory_utilization x GPU memory`` leaves after the weights and an
 activation / workspace reserve; a token costs ``2 (K, V) x L x max(1, g / n) x d x 2 B`` (KV heads
-are replicated when ``n > g``).
+are replicated when ``n > g``). On top of vLLM's budget, the refit's receive buffers
+(``rollout.refit_receive_buffer_mb``, the most an engine rank holds at once while it loads new
+weights: vLLM's loaders cut each rank's shard out of full-size tensors, see
+:mod:`megatron_tulu.rollout.bridge.schedule`).
 """
 
 from __future__ import annotations
@@ -182,10 +185,11 @@ class EngineMemory:
     kv_cache: float
     kv_bytes_per_token: float
     seq_len: int
+    refit_buffers: float = 0.0  # the refit's receive buffers, outside gpu_memory_utilization
 
     @property
     def total(self) -> float:
-        return self.weights + self.reserve + max(self.kv_cache, 0.0)
+        return self.weights + self.reserve + max(self.kv_cache, 0.0) + self.refit_buffers
 
     @property
     def max_tokens(self) -> int:
@@ -307,8 +311,10 @@ def estimate_engine_memory(
     gpu_memory_gb: float = 80.0,
     gpu_memory_utilization: float = 0.9,
     reserve_gb: float = 2.0,
+    refit_receive_buffer_mb: float = 0.0,
 ) -> EngineMemory:
-    """vLLM rank: weights / TP and the KV-cache budget left under ``gpu_memory_utilization``."""
+    """vLLM rank: weights / TP and the KV-cache budget left under ``gpu_memory_utilization``, plus
+    the refit's receive buffers (``rollout.refit_receive_buffer_mb``, MiB) outside that budget."""
     m = model
     sharded, repl = _layer_params(m)
     vocab = _padded(m.vocab_size, 64)
@@ -328,6 +334,7 @@ def estimate_engine_memory(
         kv,
         per_token,
         seq_len,
+        refit_receive_buffer_mb * 2**20,
     )
 
 
@@ -380,6 +387,11 @@ def format_memory_table(
             f"  {'weights bf16 / TP':{width}}{_gb(engine.weights)}",
             f"  {'activation / workspace reserve':{width}}{_gb(engine.reserve)}",
             f"  {'KV cache':{width}}{_gb(engine.kv_cache)}",
+            *(
+                [f"  {'refit receive buffers (outside vLLM)':{width}}{_gb(engine.refit_buffers)}"]
+                if engine.refit_buffers
+                else []
+            ),
             f"  {'TOTAL':{width}}{_gb(engine.total)}" + _verdict(engine.total, limit_gb),
             f"  KV cache: {engine.kv_bytes_per_token / 1e3:.1f} KB per token -> {engine.max_tokens:,} tokens, "
             f"{engine.max_sequences:,} sequences of {engine.seq_len} tokens at once",

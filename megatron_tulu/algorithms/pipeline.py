@@ -104,6 +104,8 @@ def run_pipeline(argv: list[str]) -> dict[str, Any]:
         cfg = load_config(overrides, config_name=name, schema=schema)
         t0 = time.perf_counter()
         result = train(cfg)
+        if result.get("stopped_for_requeue"):  # a stop request (engine/stop_request.py) ends the pipeline
+            raise SystemExit(0)
         seconds[name] = time.perf_counter() - t0
         return {"cfg": cfg, "result": result}
 
@@ -162,4 +164,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from megatron_tulu.engine.gpu_stack import exit_on_cpu_stack
+
+    exit_on_cpu_stack()  # as `megatron-tulu` does: no CPU venv on a GPU node
     sys.exit(main(sys.argv[1:]))

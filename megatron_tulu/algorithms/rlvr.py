@@ -54,6 +54,7 @@ from megatron_tulu.data.mixing import apply_dataset_weights
 from megatron_tulu.data.rlvr_prompts import load_rlvr_prompts
 from megatron_tulu.data.tokenizer import load_tokenizer
 from megatron_tulu.engine.faults import crash_point
+from megatron_tulu.engine.job import DriverGate
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
 from megatron_tulu.engine.parallel import init_parallel
@@ -219,10 +220,15 @@ def sampling(cfg: RLVRRunConfig, eos_id: int, seed: int, n: int = 1) -> Sampling
     )
 
 
-def share_from_driver(value: Any) -> Any:
-    """Broadcast a driver-side Python object to every learner rank."""
+def share_from_driver(value: Any, gate: DriverGate | None = None) -> Any:
+    """Broadcast a driver-side Python object to every learner rank. ``gate``: the other ranks wait
+    for the driver in short slices first, so the broadcast (a collective bounded by
+    ``parallel.distributed_timeout_minutes``) never includes the driver's work -- a generation or an
+    evaluation can take longer than that timeout."""
     holder = [value]
     if dist.is_initialized() and dist.get_world_size() > 1:
+        if gate is not None:
+            gate.passage()
         dist.broadcast_object_list(holder, src=0)
     return holder[0]
 
@@ -233,9 +239,23 @@ class Refitter:
     def __init__(self, cfg: RLVRRunConfig, chunks, job: RLJob, fleet: EngineFleet | None):
         from megatron_tulu.rollout.refit import LearnerRefit, refit_spec_for
 
-        self.cfg, self.fleet = cfg, fleet
+        self.cfg, self.fleet, self.gate = cfg, fleet, job.driver_gate()
         ro = cfg.rollout
-        spec = refit_spec_for(chunks, cfg.model, ro.engine_tp, ro.num_engines, weight_dtype=ro.weight_dtype)
+        # (REFIT helper, issue 26 item 5: the engines' receive-buffer bound travels in the spec)
+        spec = refit_spec_for(
+            chunks,
+            cfg.model,
+            ro.engine_tp,
+            ro.num_engines,
+            weight_dtype=ro.weight_dtype,
+            receive_buffer_bytes=ro.refit_receive_buffer_mb << 20,
+        )
+        # Engines may still be loading (minutes at 405B): the driver waits for every engine to
+        # answer, polling, and the other learners wait at the gate, so the refit group forms only
+        # once all members are there and its timeout bounds the formation alone.
+        if fleet is not None:
+            fleet.wait_ready()
+        self.gate.passage()
         host, port = job.refit_address()
         self.learner: LearnerRefit | None = None
 
@@ -253,6 +273,9 @@ class Refitter:
         over every engine rank; 1.00 is shard-exact) on the driver, {} elsewhere. ``step``: the
         update the weights include (fault injection aims at it)."""
         timeout = self.cfg.rollout.refit_timeout_s
+        # the driver comes here once the batch in flight is generated (generate_wait, as long as
+        # it takes); the other learners wait for it at the gate, not in the transfer's timeout
+        self.gate.passage()
 
         def send() -> None:
             crash_point("kill_in_refit", step)
@@ -771,11 +794,19 @@ class RLTrainer(Trainer):
         super().__init__(cfg)
         self.job, self.hf_source, self.options = job, hf_source, options
         self.pending: dict | None = None  # the async batch saved with the checkpoint resumed from
+        self.gate = job.driver_gate()  # learners wait for the driver's work in slices, not in a collective
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------- setup
     def setup(self) -> None:
+        # the launch plan's checks: the same functions `examples/rlvr_405b.py --dry-run` calls
+        from megatron_tulu.algorithms.launch_plan import check_rl_plan, prepare_value_model, total_rl_steps
+
         cfg, rl, ro = self.cfg, self.cfg.rlvr, self.cfg.rollout
+        if rl.estimator == "gae":
+            # a value model that cannot load here (HF_HUB_OFFLINE and not on disk) is refused before
+            # the engines start and the policy loads; a Hub id becomes its local snapshot
+            rl.value_model = prepare_value_model(rl.value_model)
         self.info = info = init_parallel(
             cfg.model, cfg.parallel, seed=cfg.train.seed, world=self.job.learner_world()
         )
@@ -793,28 +824,35 @@ class RLTrainer(Trainer):
                 + ", ".join(f"{name} {have} -> {used}" for name, (have, used) in mix.items())
             )
         self.heldout = HeldOut.load(cfg, tok)
-        episodes_per_step = rl.prompts_per_step * ro.samples_per_prompt
-        if episodes_per_step % (info.dp * cfg.train.micro_batch_size * rl.num_mini_batches):
-            raise ValueError(
-                f"prompts_per_step*samples_per_prompt={episodes_per_step} must divide by dp*micro_batch*num_mini_batches "
-                f"= {info.dp}*{cfg.train.micro_batch_size}*{rl.num_mini_batches}"
-            )
-        if rl.prompts_per_step % info.dp:
-            # a DP rank's share must hold whole groups of samples (GRPO's advantages, group masks)
-            raise ValueError(
-                f"rlvr.prompts_per_step={rl.prompts_per_step} must divide by the data-parallel size {info.dp}, "
-                "so that each learner replica trains on whole groups of samples"
-            )
+        check_rl_plan(cfg, info.dp)  # RL config; the batch over DP, micro- and mini-batches
+        self._check_memory()
         self.order = BatchOrder(len(self.prompts), rl.prompts_per_step, cfg.train.seed)
-        self.total_steps = max(1, rl.total_episodes // episodes_per_step)
-        if cfg.train.train_iters > 0:
-            self.total_steps = min(self.total_steps, cfg.train.train_iters)
+        self.total_steps = total_rl_steps(cfg)
 
         # engines start first: they load in their own processes while the learner models build
         self.fleet, self.engine_service = self.job.start_fleet(self.options)
         self.actor = self._build_actor()
         self.critic = self._build_critic() if rl.estimator == "gae" else None
         self.queue = RolloutQueue(self.fleet, lag=1 if rl.async_mode else 0)
+
+    def _check_memory(self) -> None:
+        """The dry run's memory plan for this GPU (its own memory, or ``rlvr.memory_limit_gb``):
+        a layout the plan refuses is refused here before a model loads. CPU runs have no plan."""
+        from megatron_tulu.algorithms.launch_plan import plan_memory
+        from megatron_tulu.algorithms.memory import GB
+        from megatron_tulu.config.validate import LayoutError
+
+        cfg, rl, info = self.cfg, self.cfg.rlvr, self.info
+        if not torch.cuda.is_available():
+            return
+        gpu_gb = torch.cuda.get_device_properties(info.device).total_memory / GB
+        limit = gpu_gb if rl.memory_limit_gb is None else rl.memory_limit_gb
+        value = None
+        if rl.estimator == "gae":
+            value = model_config_from_hf(rl.value_model) if rl.value_model else cfg.model
+        plan = plan_memory(cfg, info.tp, info.pp, info.dp, value, gpu_memory_gb=gpu_gb, limit_gb=limit)
+        if plan.problems:
+            raise LayoutError("memory plan: " + "; ".join(plan.problems))
 
     def _build_actor(self) -> PolicyActor:
         cfg, updates = self.cfg, self._updates()
@@ -869,7 +907,7 @@ class RLTrainer(Trainer):
     def checkpoint_extra(self, step: int) -> dict[str, Any]:
         """The batch generated before this checkpoint's update (async mode), for an exact resume."""
         pending = self.queue.peek(step) if self.queue.lag and step < self.total_steps else None
-        pending = share_from_driver(pending)
+        pending = share_from_driver(pending, self.gate)
         if pending is None:
             return {"pending_rollouts": None}
         return {
@@ -908,7 +946,10 @@ class RLTrainer(Trainer):
         if start > 0:
             self.refitter.refit(self.actor.chunks)  # the engines start from the HF weights
         if start == 0:
-            row = {"step": 0, **share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer))}
+            row = {
+                "step": 0,
+                **share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer), self.gate),
+            }
             self.logger.log(0, row)
             self.history.append(row)
         lag, total = self.queue.lag, self.total_steps
@@ -927,7 +968,7 @@ class RLTrainer(Trainer):
         with phases("generate"):  # waiting for this step's batch (0 when it overlapped training)
             batch = self.queue.collect(step)
         with phases("score"):
-            samples = share_from_driver(self.score(step, batch[0] if batch else None))
+            samples = share_from_driver(self.score(step, batch[0] if batch else None), self.gate)
             version = share_from_driver(batch[1] if batch else None)
         with phases("log_probs"):
             data = log_probs_and_values(cfg, samples, self.actor, self.critic, self.pad_id, self.info)
@@ -952,7 +993,9 @@ class RLTrainer(Trainer):
         }
         if rl.eval_every and ((step + 1) % rl.eval_every == 0 or step + 1 == total):
             with phases("evaluate"):
-                row.update(share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer)))
+                row.update(
+                    share_from_driver(evaluate(cfg, self.fleet, self.heldout, self.tokenizer), self.gate)
+                )
         row.update(phases.metrics())
         self.history.append({"step": step + 1, **row})
         return row
@@ -1027,4 +1070,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from megatron_tulu.engine.gpu_stack import exit_on_cpu_stack
+
+    exit_on_cpu_stack()  # as `megatron-tulu` does: no CPU venv on a GPU node
     sys.exit(main(sys.argv[1:]))

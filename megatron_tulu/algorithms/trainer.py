@@ -8,6 +8,7 @@
             row = run_step(step)  one update (SFT/DPO: one optimizer step; RL: the named phases)
             log(step + 1, row)    metrics.jsonl, TensorBoard (every train.log_interval steps), progress bar
             checkpoint(step + 1)  every checkpoint.save_interval steps
+            stop requested?       (collective) checkpoint(step + 1), stopped_for_requeue, return
         checkpoint(total)         the final one, always
         return finish(row)        the run summary (HF export, plots)
     close()                       always, error or not: trainer resources, then the process groups
@@ -15,6 +16,12 @@
 A trainer defines ``setup``, ``checkpoint_parts`` and ``run_step``; the rest has defaults. One
 checkpoint holds every part (SFT/DPO: the model; RL: policy and value) plus ``checkpoint_extra``
 (RL: the pending asynchronous batch), committed together by ``save_checkpoint``.
+
+A stop request (the run's ``stop_request`` file, SIGUSR1, or a first SIGTERM during the steps;
+:mod:`megatron_tulu.engine.stop_request`) is decided collectively at each step boundary: every rank
+saves the checkpoint of that step, rank 0 writes ``stopped_for_requeue`` in the output directory,
+and ``run`` returns ``{"stopped_for_requeue": {...}}`` without the final checkpoint or ``finish``
+(the run is not over: a restart resumes from that checkpoint).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from megatron_tulu.engine.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from megatron_tulu.engine.faults import crash_point
+from megatron_tulu.engine.faults import crash_point, signal_point
+from megatron_tulu.engine.stop_request import StopRequest, catch_usr1
 from megatron_tulu.engine.train_step import StepResult, batch_seq_length, train_step
 
 
@@ -49,6 +57,8 @@ class Trainer:
         self.ckpt_root = Path(cfg.checkpoint.save_dir or self.out_dir / "checkpoints")
         self.total_steps = 0
         self.logger: MetricsLogger | None = None
+        self.stop = StopRequest(self.out_dir)
+        self.stopped: dict[str, Any] | None = None  # set when a stop request ended the steps
 
     # ---------------------------------------------------------------- defined by each trainer
     def setup(self) -> None:
@@ -89,12 +99,20 @@ class Trainer:
     # --------------------------------------------------------------------------- lifecycle
     def run(self) -> dict[str, Any]:
         try:
+            catch_usr1()  # a SIGUSR1 during setup is a stop request too (by default it ends the process)
             self.setup()
             start = self.resume()
+            self.stop.clear_marker()
             self.logger = MetricsLogger(self.out_dir, self.cfg.logging, resume_step=start)
             self.before_steps(start)
-            last = self.steps(start)
+            self.stop.arm()  # from here a first SIGTERM waits for the step boundary
+            try:
+                last = self.steps(start)
+            finally:
+                self.stop.disarm()
             self.logger.close()
+            if self.stopped is not None:
+                return {"stopped_for_requeue": self.stopped}
             self.checkpoint(self.total_steps)
             return self.finish(last)
         finally:
@@ -130,9 +148,16 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(self.progress(last))
+            saved = None
             if interval and (step + 1) % interval == 0 and step + 1 < self.total_steps:
-                self.checkpoint(step + 1)
+                saved = self.checkpoint(step + 1)
             crash_point("kill_after_step", step + 1)
+            signal_point(step + 1)
+            # the last step ends the run anyway: its final checkpoint follows, nothing to requeue
+            if step + 1 < self.total_steps and (reason := self.stop.agreed()) is not None:
+                saved = saved or self.checkpoint(step + 1)
+                self.stopped = self.stop.record(step + 1, reason, saved)
+                break
         if bar is not None:
             bar.close()
         return last

@@ -198,11 +198,20 @@ class RolloutConfig:
     max_prompt_len: int = 512
     samples_per_prompt: int = 1  # >1 for GRPO groups
     refit_bucket_mb: int = 64
+    # What one engine rank may hold in refit buffers at once (MiB): vLLM's loaders cut each rank's
+    # shard out of full-size tensors, so a receiver builds full-size buffers (outside vLLM's own
+    # memory budget; the dry run adds this to the engine rank). Reload calls are split to stay
+    # within it; it must hold the largest bucket (one reload group is indivisible: Llama 3.1
+    # 405B's embedding is 4.2 GB full-size in bf16, +0.26 GB received at TP16 -> 4259 MiB)
+    refit_receive_buffer_mb: int = 4608
     # the engines' weights: auto (the learner's dtype) | fp8_block (e4m3, 128x128 blocks with fp32
     # scales, as vLLM's fp8 method with weight_block_size [128, 128] loads; the bridge quantizes each
     # slice as it sends it). Pair fp8_block with rlvr.tis_cap (rollout/learner mismatch)
     weight_dtype: str = "auto"
-    refit_timeout_s: float = 300.0  # also how long a silent rank (killed, hung) may go unnoticed
+    refit_timeout_s: float = 300.0  # one weight transfer (a real collective) must finish within it
+    # how long a rank's heartbeat may stay still before every rank of the job stops naming it
+    # (killed, hung node); independent of how long any work takes. null: refit_timeout_s
+    heartbeat_timeout_s: float | None = 60.0
     # compare the engine's log-probs of every sampled token with the learner's (one more
     # log-softmax per batch): rollout/engine_logprob_gap_max|mean in the metrics
     check_logprobs: bool = False
@@ -259,6 +268,13 @@ class RLVROptions:
     # null (or a dataset left out): keep every row
     dataset_weights: dict[str, float] | None = None
     export_hf: bool = True
+    # --- launch plan (algorithms/launch_plan.py: examples/rlvr_405b.py --dry-run and RLTrainer.setup)
+    # wall seconds of one RL step on the target cluster (generation + training + refit), for the dry
+    # run's hours and Slurm requeues; null: no estimate unless --step-seconds is given
+    expected_step_seconds: float | None = None
+    # per-GPU limit of the memory plan, GB: null = the GPU's own memory (the dry run: --gpu-memory-gb);
+    # 0 = no memory check
+    memory_limit_gb: float | None = None
 
 
 @dataclass

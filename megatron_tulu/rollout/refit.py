@@ -20,7 +20,8 @@ For ``weight_dtype="fp8_block"`` the engines must have been started on a blockwi
 as it sends them (e4m3 + fp32 128x128 block scales for the GEMM weights, bf16 for the rest).
 
 ``bucket_bytes`` and ``checksums`` must be equal on both sides (they decide the message order
-and sizes). Verification: :func:`learner_sequence_logprobs` (collective over the learner) vs
+and sizes); the receive-buffer bound travels in the spec (``refit_spec_for(...,
+receive_buffer_bytes=rollout.refit_receive_buffer_mb << 20)``). Verification: :func:`learner_sequence_logprobs` (collective over the learner) vs
 :meth:`~megatron_tulu.rollout.engine.RolloutEngine.sequence_logprobs`, compared with
 :func:`max_abs_diff`.
 """
@@ -55,10 +56,13 @@ def refit_spec_for(
     *,
     engine_model: ModelConfig | None = None,
     weight_dtype: str = "auto",
+    receive_buffer_bytes: int | None = None,
 ) -> RefitSpec:
     """The refit spec of this Megatron learner (layout from ``parallel_state``, dtype and layer
     spec from the parameters) towards ``num_engines`` TP=``engine_tp`` vLLM engines whose weights
-    are ``weight_dtype`` (``rollout.weight_dtype``: ``"auto"`` or ``"fp8_block"``)."""
+    are ``weight_dtype`` (``rollout.weight_dtype``: ``"auto"`` or ``"fp8_block"``), each engine
+    rank holding at most ``receive_buffer_bytes`` of refit buffers at once
+    (``rollout.refit_receive_buffer_mb``; ``None``: unbounded)."""
     from megatron.core import parallel_state
 
     tensors = local_tensors(model_chunks)
@@ -77,7 +81,7 @@ def refit_spec_for(
     engine = EngineLayout(
         tp=engine_tp, num_engines=num_engines, model=engine_model, weight_dtype=weight_dtype
     )
-    return RefitSpec(learner, engine, dtype_name(dtype))
+    return RefitSpec(learner, engine, dtype_name(dtype), receive_buffer_bytes)
 
 
 class LearnerRefit:
@@ -117,6 +121,7 @@ class LearnerRefit:
             self.group,
             self.rank,
             bucket_bytes=bucket_bytes,
+            receive_buffer_bytes=self.spec.receive_buffer_bytes,
             dtype=self.spec.torch_dtype,
             checksums=checksums,
             timeout_s=timeout_s if timeout_s is not None else self.timeout_s,

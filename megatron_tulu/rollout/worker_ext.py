@@ -25,6 +25,11 @@ from megatron_tulu.rollout.bridge.transport import (
     receive_refit,
 )
 
+_LAYERWISE_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_INPLACE_LOGGER = "vllm.model_executor.model_loader.reload.inplace"
+_FAILED = "%s: Failed to load weights"
+_NOT_LOADED = "Following weights were not loaded from checkpoint: %s"
+
 
 class _RotaryReloadNotice(logging.Filter):
     """vLLM's layerwise reload warns "<layer>: Failed to load weights" for rotary embeddings on
@@ -38,6 +43,42 @@ class _RotaryReloadNotice(logging.Filter):
             and len(record.args) == 1
             and str(record.args[0]).endswith("RotaryEmbedding")
         )
+
+
+class _SplitReloadNotices(logging.Filter):
+    """Holds back, while a refit runs, the two notices vLLM logs for what one ``reload_weights``
+    call did not load: a refit split into several reload calls (bounded receive buffers) leaves
+    every layer outside the current call unloaded by design, so each call would warn about all
+    the others. After the refit :meth:`release` passes them on unchanged if there was one call;
+    after several, it warns once about the parameters no call loaded (the intersection of the
+    calls' "not loaded" sets; vLLM reports them for unquantized models only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = False
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.active and record.msg in (_FAILED, _NOT_LOADED):
+            self.records.append(record)
+            return False
+        return True
+
+    def release(self, reload_calls: int) -> None:
+        self.active = False
+        records, self.records = self.records, []
+        if reload_calls <= 1:
+            for record in records:
+                logging.getLogger(record.name).handle(record)
+            return
+        sets = [
+            set(r.args[0]) for r in records if r.msg == _NOT_LOADED and isinstance(r.args, tuple) and r.args
+        ]
+        never = set.intersection(*sets) if len(sets) == reload_calls else set()
+        if never:
+            logging.getLogger(_INPLACE_LOGGER).warning(
+                "refit: no reload call of %d loaded these weights: %s", reload_calls, sorted(never)
+            )
 
 
 def _require_block_fp8(model: torch.nn.Module) -> None:
@@ -70,9 +111,15 @@ class RefitWorkerExtension:
     ) -> int:
         """Join the refit group as rank ``rank_offset + TP rank``; blocks until everyone joined."""
         rank = rank_offset + self.refit_tp_rank()
-        reload_logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        reload_logger = logging.getLogger(_LAYERWISE_LOGGER)
         if not any(isinstance(f, _RotaryReloadNotice) for f in reload_logger.filters):
             reload_logger.addFilter(_RotaryReloadNotice())
+        self._refit_notices = _SplitReloadNotices()
+        for name in (_LAYERWISE_LOGGER, _INPLACE_LOGGER):
+            logger = logging.getLogger(name)
+            for f in [f for f in logger.filters if isinstance(f, _SplitReloadNotices)]:
+                logger.removeFilter(f)
+            logger.addFilter(self._refit_notices)
         self._refit_group = init_refit_group(host, port, rank, world_size, backend, timeout_s)
         self._refit_group_rank = rank
         return rank
@@ -113,18 +160,26 @@ class RefitWorkerExtension:
         def load(stream) -> None:
             runner.reload_weights(weights_iterator=stream)
 
-        return receive_refit(
-            plan,
-            engine_index,
-            tp_rank,
-            group,
-            load,
-            dtype=refit_spec.torch_dtype,
-            bucket_bytes=bucket_bytes,
-            checksums=checksums,
-            timeout_s=timeout_s,
-            device=device,
-        )
+        notices = getattr(self, "_refit_notices", None) or _SplitReloadNotices()
+        notices.active = True
+        stats = {"reload_calls": 0}
+        try:
+            stats = receive_refit(
+                plan,
+                engine_index,
+                tp_rank,
+                group,
+                load,
+                dtype=refit_spec.torch_dtype,
+                bucket_bytes=bucket_bytes,
+                receive_buffer_bytes=refit_spec.receive_buffer_bytes,
+                checksums=checksums,
+                timeout_s=timeout_s,
+                device=device,
+            )
+        finally:
+            notices.release(stats["reload_calls"])
+        return stats
 
     def refit_weight_sums(self, names: list[str] | None = None) -> dict[str, float]:
         """Float64 sums of this worker's (sharded, possibly repacked) parameters, for debugging."""

@@ -8,7 +8,10 @@ One driver process starts both engines once and runs two torchrun learners again
 - after one optimizer step and a second refit they equal the learner's new log-probs and
   differ from the first round's;
 - every vLLM rank received exactly its shard (bytes received / shard bytes == 1.00) and the
-  learner ranks together sent exactly the plan's bytes.
+  learner ranks together sent exactly the plan's bytes;
+- with a receive-buffer bound of 8 MiB (just above the tiny model's largest bucket: its fp32
+  embedding full-size plus a rank's rows) the engines load in several ``reload_weights`` calls and
+  never hold more refit buffers than planned (measured on the buffers' storages).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.distributed]
 LEARNERS = ["2x1", "1x2"]  # TP2, PP2
 ENGINE_TPS = [1, 2]
 ATOL = 1e-4
+RECEIVE_BUFFER_BYTES = 8 << 20
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +44,7 @@ def refit_run(tmp_path_factory):
         cmd += ["--engine-tp", str(etp)]
     for layout in LEARNERS:
         cmd += ["--learner", layout]
+    cmd += ["--receive-buffer-bytes", str(RECEIVE_BUFFER_BYTES)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_LOGGING_LEVEL="WARNING", PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
@@ -87,6 +92,19 @@ def test_each_vllm_rank_receives_exactly_its_shard(refit_run, layout, etp):
         assert sent == received
         # every learner rank takes part in sending (TP shards / PP stages all at once)
         assert all(r["rounds"][k]["send"][engine_idx]["bytes_sent"] > 0 for r in run["learner_ranks"])
+
+
+@pytest.mark.parametrize("etp", ENGINE_TPS)
+def test_receive_buffers_within_the_bound_over_several_reload_calls(refit_run, etp):
+    workers = [
+        w for run in refit_run["runs"] for rnd in run["engines"][str(etp)]["rounds"] for w in rnd["workers"]
+    ]
+    for w in workers:
+        assert w["receive_buffer_bytes"] == RECEIVE_BUFFER_BYTES
+        assert (
+            0 < w["live_buffer_bytes_max"] <= w["planned_peak_receive_buffer_bytes"] <= RECEIVE_BUFFER_BYTES
+        )
+    assert max(w["reload_calls"] for w in workers) > 1  # the split path ran inside vLLM
 
 
 def test_engine_starts_once_per_tp(refit_run):

@@ -3,7 +3,7 @@ node on this machine, roles from ``assign_roles``, real vLLM CPU engines on engi
 
 - learners TP2 on node 0, one TP2 engine on node 1: metrics equal the colocated single-node run's;
 - two TP1 engines on node 1: prompts split across engines, same tokens (the engine's log-prob
-  numerics differ at ~1e-7 from one TP2 engine's, the documented difference);
+  numerics differ at ~1e-7..1e-6 from one TP2 engine's, the documented difference);
 - one TP2 engine whose two ranks sit on two different nodes (vLLM's multi-node executor, a headless
   node host): same metrics again;
 - every refit: bytes received / planned shard = 1.00 at every engine rank, and the engine's
@@ -126,10 +126,13 @@ def test_two_tp1_engines_on_node1(colocated, tiny, heldout, tmp_path):
     )
     _check_refits(rows, 2)
     # Same prompts, seeds and sampled tokens as one TP2 engine; only the engines' own log-prob
-    # numerics (TP1 vs TP2 reductions) differ, at the 1e-7 level.
-    gap = "rollout/engine_logprob_gap_mean"
-    assert [{k: v for k, v in r.items() if k != gap} for r in comparable(rows)] == [
-        {k: v for k, v in r.items() if k != gap} for r in comparable(colocated)
+    # numerics (TP1 vs TP2 reductions) differ, at the 1e-7..1e-6 level: the gap between the engine's
+    # and the learner's log-probs, mean and max alike, is a measurement of those numerics (seen: max
+    # 9.5e-7 here vs 1.9e-6 for the TP2 engine), so it is left out of the exact comparison;
+    # _check_refits bounds it by 1e-5 in both runs.
+    gaps = ("rollout/engine_logprob_gap_mean", "rollout/engine_logprob_gap_max")
+    assert [{k: v for k, v in r.items() if k not in gaps} for r in comparable(rows)] == [
+        {k: v for k, v in r.items() if k not in gaps} for r in comparable(colocated)
     ]
 
 

@@ -305,9 +305,19 @@ def test_embedded_default_is_tiny():
 
 
 # ------------------------------------------------------------------------------------ dry run
+@pytest.fixture(scope="module")
+def rm_8b(tmp_path_factory) -> str:
+    """A local Tülu 3 8B RM directory as the sbatch would pass it (rlvr.value_model=DIR; config.json
+    only: the plan reads no weights). The runs below inherit conftest's HF_HUB_OFFLINE=1, under which
+    the preset's Hub id is refused (tests/unit/test_launch_plan.py)."""
+    from tests.unit.test_launch_plan import hf_dir
+
+    return str(hf_dir(tmp_path_factory.mktemp("rm") / "tulu3-8b-rm"))
+
+
 def _dry_run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    for key in ("SLURM_NNODES", "SLURM_GPUS_ON_NODE", "SLURM_JOB_NUM_NODES"):
+    for key in ("SLURM_NNODES", "SLURM_GPUS_ON_NODE", "SLURM_JOB_NUM_NODES", "SLURM_JOB_ID"):
         env.pop(key, None)
     return subprocess.run(
         [sys.executable, str(REPO / "examples" / "rlvr_405b.py"), "--dry-run", *args],
@@ -320,8 +330,11 @@ def _dry_run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_dry_run_405b_on_32_nodes():
-    out = _dry_run("--nodes", "32", "--gpus-per-node", "8")
+def test_dry_run_405b_on_32_nodes(rm_8b):
+    out = _dry_run(
+        "--nodes", "32", "--gpus-per-node", "8", "--time-limit", "48:00:00", "--signal-seconds", "600",
+        f"rlvr.value_model={rm_8b}",
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "learners TP8 x PP14 x DP2 = 224 GPUs" in text
@@ -329,12 +342,15 @@ def test_dry_run_405b_on_32_nodes():
     assert "fits in 80 GB" in text and "policy fp32 main params + Adam m,v (/DP2)" in text
     assert "refit plan" in text and "GB per receiver min/mean/max" in text and "51.27/51.27/51.27" in text
     assert "predicted seconds" in text and "dry run OK: 256 ranks" in text
-    # the 8B value model's 32 layers on PP14: Megatron-Core's uneven first/last stages
-    assert "value model llama3.1_8b: 32 layers on the learners' TP8 x PP14: 4 + 12 x 2 + 4" in text
+    # the 8B value model's 32 layers on PP14 (its config.json): Megatron-Core's uneven first/last stages
+    assert "value model tulu3-8b-rm: 32 layers on the learners' TP8 x PP14: 4 + 12 x 2 + 4" in text
+    # hours and requeues: 161 steps x ~35 min against 48 h allocations
+    assert "161 steps x 35.0 min (rlvr.expected_step_seconds) = 93.9 h of steps" in text
+    assert "2 allocation(s), 1 requeue(s)" in text
 
 
 @pytest.mark.slow
-def test_dry_run_wrong_layouts_exit_nonzero():
+def test_dry_run_wrong_layouts_exit_nonzero(rm_8b):
     out = _dry_run("--nodes", "32", "--no-refit-plan", "parallel.pp=5")
     assert out.returncode == 2 and "num_layers=126 is not divisible by pp*vpp=5" in out.stderr
     out = _dry_run("--nodes", "32", "--no-refit-plan", "rollout.num_engines=1")
@@ -349,6 +365,13 @@ def test_dry_run_wrong_layouts_exit_nonzero():
         "parallel.pp=6",
         "rollout.num_engines=1",
         "rlvr.prompts_per_step=1920",
+        "train.global_batch_size=1920",  # check_rl_config, as setup makes it
+        f"rlvr.value_model={rm_8b}",
     )
     assert out.returncode == 2 and "DOES NOT FIT" in out.stdout and "> 80 GB" in out.stderr
+    # the checks RLTrainer.setup makes are the dry run's: the preset's global batch is 1,856
+    out = _dry_run(
+        "--nodes", "32", "--no-refit-plan", "rlvr.prompts_per_step=1920", "rlvr.num_mini_batches=2"
+    )
+    assert out.returncode == 2 and "set train.global_batch_size=1920" in out.stderr
     assert _dry_run("--no-refit-plan").returncode == 2  # no node count

@@ -5,6 +5,10 @@
 - :mod:`.planner`: :func:`plan_refit` -> :class:`RefitPlan` (one sender per slice, each vLLM rank
   receives exactly its shard), its byte / message / time summaries and the naive full-tensor
   broadcast baseline (pure).
+- :mod:`.schedule`: buckets, reload calls under ``rollout.refit_receive_buffer_mb`` (each engine
+  rank's peak receive buffers) and the refit group's one communicator (pure).
+- :mod:`.transport`: runs a plan over the refit group (grouped point-to-point, one NCCL
+  communicator) into ``reload_weights``.
 - :mod:`.plan_cli`: ``megatron-tulu plan-refit`` (``--weight-dtype fp8_block``: bf16 and FP8 side by side).
 
 Engine weight dtypes (``EngineLayout.weight_dtype`` = ``rollout.weight_dtype``): ``auto`` sends the
@@ -38,6 +42,8 @@ _EXPORTS = {
     "Transfer": "planner",
     "naive_broadcast_summary": "planner",
     "plan_refit": "planner",
+    "ReceiveSchedule": "schedule",
+    "receive_schedule": "schedule",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,12 +2,20 @@
 
 Pure arithmetic (no GPUs, no processes): runs on a laptop for any model preset, e.g.::
 
-    megatron-tulu plan-refit model=llama3.1_405b parallel=405b_learner --learner-gpus 240 --engine-tp 16
+    megatron-tulu plan-refit preset=rlvr_tulu3_405b --learner-gpus 224 --json plan.json
+    megatron-tulu plan-refit preset=rlvr_tulu3_405b --learner-gpus 224 --num-engines 2
     megatron-tulu plan-refit ... --weight-dtype fp8_block   # + bytes and seconds of bf16 vs FP8 engines
 
-Hydra overrides (``model=...``, ``parallel.tp=...``, ``parallel.pp=...``) pick the model and the
-learner's TP / PP; DP comes from ``--learner-gpus`` (or ``--learner-nodes`` x ``--gpus-per-node``,
-or ``parallel.dp`` when set, else 1).
+Hydra overrides of the RLVR config (``preset=...``, ``model=...``, ``parallel.tp=...``,
+``rollout.*``) pick the model, the learner's TP / PP and the engines (``rollout.engine_tp``,
+``num_engines``, ``weight_dtype``, ``refit_bucket_mb``, ``refit_receive_buffer_mb``; the options
+below override them); DP comes from ``--learner-gpus`` (or ``--learner-nodes`` x
+``--gpus-per-node``, or ``parallel.dp`` when set, else 1).
+
+Besides bytes and time it reports what the engine ranks pay for a refit
+(:mod:`.schedule`): the NCCL communicators of the refit group (one; unbatched send/recv would
+create one per link) and, per engine rank, the peak of its receive buffers under
+``refit_receive_buffer_mb`` and the reload calls that takes at worst.
 """
 
 from __future__ import annotations
@@ -26,16 +34,27 @@ from megatron_tulu.rollout.bridge.layouts import (
     PlanError,
 )
 from megatron_tulu.rollout.bridge.planner import NaiveSummary, RefitPlan, naive_broadcast_summary, plan_refit
+from megatron_tulu.rollout.bridge.schedule import MIB, ReceiveSchedule, receive_schedule
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="megatron-tulu plan-refit",
         description="Print the shard-exact learner -> vLLM refit plan next to a naive full-tensor broadcast.",
-        epilog="Other arguments are Hydra overrides, e.g. model=llama3.1_405b parallel.tp=8 parallel.pp=6",
+        epilog="Other arguments are Hydra overrides, e.g. model=llama3.1_405b parallel.tp=8 parallel.pp=14",
     )
-    p.add_argument("--engine-tp", type=int, default=16, help="vLLM tensor-parallel size N (default 16)")
-    p.add_argument("--num-engines", type=int, default=1)
+    p.add_argument(
+        "--engine-tp", type=int, default=None, help="vLLM tensor-parallel size N (rollout.engine_tp)"
+    )
+    p.add_argument("--num-engines", type=int, default=None, help="vLLM engines (rollout.num_engines)")
+    p.add_argument("--bucket-mb", type=int, default=None, help="refit bucket, MiB (rollout.refit_bucket_mb)")
+    p.add_argument(
+        "--receive-buffer-mb",
+        type=int,
+        default=None,
+        help="what an engine rank may hold in refit buffers at once, MiB (rollout.refit_receive_buffer_mb; "
+        "0: unbounded)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--learner-gpus", type=int, default=None, help="learner GPUs (DP = gpus / (TP*PP))")
     g.add_argument("--learner-nodes", type=int, default=None, help="learner nodes (x --gpus-per-node)")
@@ -46,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weight-dtype",
         choices=list(WEIGHT_DTYPES),
-        default="auto",
+        default=None,
         help="engine weights (rollout.weight_dtype): auto = --dtype on the wire; fp8_block = e4m3 + fp32 "
         "128x128 block scales for the GEMM weights, bf16 for the rest (prints both dtypes side by side)",
     )
@@ -86,6 +105,7 @@ class _Plans:
     plan: RefitPlan
     naive: NaiveSummary
     other: RefitPlan | None
+    schedule: ReceiveSchedule
 
 
 def _learner_gpus(args: argparse.Namespace, cfg: Any) -> int:
@@ -111,9 +131,28 @@ def plan_layouts(args: argparse.Namespace, cfg: Any) -> _Plans:
     other = None
     if args.weight_dtype != "auto":
         other = plan_refit(learner, EngineLayout(args.engine_tp, args.num_engines, weight_dtype="auto"))
-    return _Plans(
-        learner, engine, plan_refit(learner, engine), naive_broadcast_summary(learner, engine), other
+    plan = plan_refit(learner, engine)
+    schedule = receive_schedule(
+        plan,
+        bucket_bytes=args.bucket_mb * MIB,
+        elem_size=DTYPE_BYTES[args.dtype],
+        receive_buffer_bytes=args.receive_buffer_mb * MIB if args.receive_buffer_mb else None,
     )
+    return _Plans(learner, engine, plan, naive_broadcast_summary(learner, engine), other, schedule)
+
+
+def _from_config(args: argparse.Namespace, cfg: Any) -> None:
+    """Options left unset take the config's rollout values."""
+    r = cfg.rollout
+    for opt, value in (
+        ("engine_tp", r.engine_tp),
+        ("num_engines", r.num_engines),
+        ("weight_dtype", r.weight_dtype),
+        ("bucket_mb", r.refit_bucket_mb),
+        ("receive_buffer_mb", r.refit_receive_buffer_mb),
+    ):
+        if getattr(args, opt) is None:
+            setattr(args, opt, value)
 
 
 def print_layouts(args: argparse.Namespace, cfg: Any, p: _Plans) -> None:
@@ -180,18 +219,38 @@ def print_weight_dtypes(args: argparse.Namespace, wire: dict, fp8: dict) -> None
     print(_table(rows, ["", args.dtype, args.weight_dtype]))
 
 
-def print_receivers(args: argparse.Namespace, plan: RefitPlan, ours: dict, base: dict) -> None:
+def print_engine_costs(args: argparse.Namespace, sched: ReceiveSchedule) -> None:
+    """Communicators and receive buffers: what the engine ranks pay for a refit beyond its bytes."""
+    s = sched.summary()
+    bound = f"{args.receive_buffer_mb:,} MiB" if args.receive_buffer_mb else "unbounded"
+    print(
+        f"\nrefit group: {s['communicators']} NCCL communicator (grouped P2P on an eagerly connected "
+        f"group; unbatched send/recv would create {s['unbatched_pair_communicators']} 2-rank ones)"
+    )
+    print(
+        f"receive buffers: {s['buckets']} buckets of <= {args.bucket_mb} MiB (largest "
+        f"{_gb(s['largest_bucket_full_bytes'])} GB full-size), bound {bound} "
+        f"(rollout.refit_receive_buffer_mb): peak {_gb(s['peak_receive_buffer_bytes'])} GB per engine "
+        f"rank (least possible {_gb(s['min_receive_buffer_bytes'])} GB), at worst "
+        f"{max(r['reload_calls_worst_case'] for r in s['engine_ranks'])} reload calls (if vLLM held every tensor until its call returned)"
+    )
+
+
+def print_receivers(
+    args: argparse.Namespace, plan: RefitPlan, ours: dict, base: dict, sched: ReceiveSchedule
+) -> None:
     print(
         f"\nours: {ours['transfers']} transfers over {ours['links']} (sender, receiver) links, "
         f"link bytes min/mean/max {_gb(ours['bytes_per_link']['min'])}/{_gb(ours['bytes_per_link']['mean'])}/"
         f"{_gb(ours['bytes_per_link']['max'])} GB; speed-up {base['predicted_seconds'] / max(ours['predicted_seconds'], 1e-12):.1f}x"
     )
     messages = plan.messages_per_receiver()
+    peers = sched.peers()
     rows = [
-        [f"engine {e} rank {n}", _gb(b), str(messages[(e, n)])]
+        [f"engine {e} rank {n}", _gb(b), str(messages[(e, n)]), str(peers[(e, n)]), _gb(sched.peak[(e, n)])]
         for (e, n), b in plan.bytes_per_receiver().items()
     ]
-    print("\n" + _table(rows, ["receiver", "GB", "messages"]))
+    print("\n" + _table(rows, ["receiver", "GB", "messages", "senders", "peak receive buffers GB"]))
     if args.verbose_links:
         links = sorted(plan.bytes_per_link().items())
         print(
@@ -209,8 +268,10 @@ def main(argv: list[str]) -> int:
         print(f"error: plan-refit: unknown options {unknown}", file=sys.stderr)
         return 2
     from megatron_tulu.config.load import load_config
+    from megatron_tulu.config.schema import RLVRRunConfig
 
-    cfg = load_config(rest)
+    cfg = load_config(rest, config_name="rlvr", schema=RLVRRunConfig)
+    _from_config(args, cfg)
     try:
         plans = plan_layouts(args, cfg)
     except PlanError as exc:
@@ -228,7 +289,8 @@ def main(argv: list[str]) -> int:
     print_against_naive(args, plans.learner.world_size, ours, base)
     if plans.other is not None:
         print_weight_dtypes(args, by_dtype["auto"], ours)
-    print_receivers(args, plans.plan, ours, base)
+    print_engine_costs(args, plans.schedule)
+    print_receivers(args, plans.plan, ours, base, plans.schedule)
     if args.json:
         learner, engine = plans.learner, plans.engine
         summary = {
@@ -244,6 +306,9 @@ def main(argv: list[str]) -> int:
             "ours": ours,
             "naive_broadcast": base,
             "by_weight_dtype": by_dtype,
+            # what the engine ranks pay beyond the bytes: one communicator for the refit group,
+            # and per engine rank its peak receive buffers (``engine_ranks``)
+            **plans.schedule.summary(),
         }
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--engine-tp", type=int, action="append", required=True)
     p.add_argument("--learner", action="append", required=True, help="TPxPP, e.g. 2x1")
     p.add_argument("--bucket-bytes", type=int, default=1 << 20)
+    p.add_argument("--receive-buffer-bytes", type=int, default=None, help="engine ranks' refit buffer bound")
     args = p.parse_args()
 
     from megatron_tulu.models.hf_io import model_config_from_hf
@@ -52,7 +53,9 @@ def main() -> None:
             ports = {etp: free_port() for etp in engines}
             specs = {
                 etp: RefitSpec(
-                    LearnerLayout(tp=tp, pp=pp, dp=1, model=cfg, dtype_bytes=4), EngineLayout(tp=etp)
+                    LearnerLayout(tp=tp, pp=pp, dp=1, model=cfg, dtype_bytes=4),
+                    EngineLayout(tp=etp),
+                    receive_buffer_bytes=args.receive_buffer_bytes,
                 )
                 for etp in engines
             }
@@ -79,6 +82,8 @@ def main() -> None:
             ]
             for etp in engines:
                 cmd += ["--engine", f"127.0.0.1:{ports[etp]}:{etp}"]
+            if args.receive_buffer_bytes:
+                cmd += ["--receive-buffer-bytes", str(args.receive_buffer_bytes)]
             env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
             env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
             log = open(out / "learner.log", "w")

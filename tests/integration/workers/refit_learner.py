@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--out", required=True)
     p.add_argument("--weight-dtype", default="auto", help="engine weights: auto | fp8_block")
+    p.add_argument("--receive-buffer-bytes", type=int, default=None, help="engine ranks' refit buffer bound")
     args = p.parse_args()
 
     cfg = model_config_from_hf(args.hf)
@@ -81,7 +82,13 @@ def main() -> None:
     refits = []
     for target in args.engine:
         host, port, etp = target.rsplit(":", 2)
-        spec = refit_spec_for(chunks, cfg, int(etp), weight_dtype=args.weight_dtype)
+        spec = refit_spec_for(
+            chunks,
+            cfg,
+            int(etp),
+            weight_dtype=args.weight_dtype,
+            receive_buffer_bytes=args.receive_buffer_bytes,
+        )
         refits.append(LearnerRefit(spec, host, int(port), timeout_s=300))
 
     rank = dist.get_rank()
