@@ -111,3 +111,39 @@ def make_hf_llama(
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30))
+
+
+def run_sft_tp2(out_dir: Path, cache: Path, *extra: str, fault: str | None = None, save_interval: int = 2):
+    """A short two-rank TP2 SFT run under torchrun (6 steps of 8 x 128 tokens); ``fault`` goes to
+    ``MEGATRON_TULU_FAULT`` (one set outside the test never leaks in). Returns the finished process."""
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
+    env.pop("MEGATRON_TULU_FAULT", None)
+    if fault:
+        env["MEGATRON_TULU_FAULT"] = fault
+    cmd = [
+        sys.executable,
+        *("-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"),
+        *("-m", "megatron_tulu.cli", "sft"),
+        f"train.output_dir={out_dir}",
+        f"data.cache_dir={cache}",
+        "parallel.tp=2",
+        "train.train_iters=6",
+        "train.seq_length=128",
+        "train.global_batch_size=8",
+        "train.micro_batch_size=4",
+        f"checkpoint.save_interval={save_interval}",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        *extra,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+def sft_losses(out_dir: Path) -> list[tuple]:
+    """(step, loss, lr, grad_norm) of every row of a run's metrics.jsonl."""
+    import json
+
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in rows]

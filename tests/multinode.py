@@ -197,3 +197,19 @@ def role_table(text: str) -> str:
             break
         block.append(line)
     return "\n".join(block)
+
+
+def tiny_sources(root: Path, heldout_rows: int = 32) -> tuple[Path, Path]:
+    """The embedded tiny model as an HF directory and a short held-out set (a quick step-0
+    evaluation) under ``root``, for two-node RLVR runs."""
+    tiny = root / "tiny"
+    subprocess.run(
+        [sys.executable, "-m", "megatron_tulu.cli", "build-tiny", "--out", str(tiny)],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
+    rows = (REPO / "megatron_tulu" / "assets" / "data" / "rlvr_heldout.jsonl").read_text().splitlines(True)
+    heldout = root / "heldout.jsonl"
+    heldout.write_text("".join(rows[:heldout_rows]))
+    return tiny, heldout

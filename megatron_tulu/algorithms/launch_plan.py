@@ -209,7 +209,7 @@ def engine_memory_plan(cfg: RLVRRunConfig, gpu_memory_gb: float) -> EngineMemory
         seq_len=r.max_prompt_len + r.max_new_tokens,
         gpu_memory_gb=gpu_memory_gb,
         gpu_memory_utilization=r.gpu_memory_utilization,
-        refit_receive_buffer_mb=r.refit_receive_buffer_mb,  # REFIT helper: refit buffers, outside vLLM
+        refit_receive_buffer_mb=r.refit_receive_buffer_mb,  # refit buffers, outside vLLM's budget
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from megatron_tulu.algorithms.roles import RankRole, RoleAssignment, assign_roles
 from megatron_tulu.config.schema import RLVRRunConfig
 from megatron_tulu.engine.control import ControlChannel
-from megatron_tulu.engine.job import DriverGate, JobEnv, connect_store, job_env, lookup, publish
+from megatron_tulu.engine.job import LOCAL_ONLY, DriverGate, JobEnv, connect_store, job_env, lookup, publish
 from megatron_tulu.engine.liveness import Watchdog, guard_process_group, monitor_ranks
 from megatron_tulu.engine.network import configure_node_network, port_for_foreign_server
 from megatron_tulu.engine.parallel import LearnerWorld
@@ -173,7 +173,7 @@ def start_rl_job(cfg: RLVRRunConfig, verbose: bool = True) -> RLJob:
         for e in range(roles.num_engines)
     ]
     channel = watchdog = None
-    host = "127.0.0.1"
+    host = LOCAL_ONLY  # a world of one: nothing outside this process dials it
     if job.world_size > 1:
         # this node's address for gloo, NCCL and vLLM (exported to vLLM's processes too)
         host = configure_node_network(job.master_addr, job.nodes).address

@@ -241,7 +241,7 @@ class Refitter:
 
         self.cfg, self.fleet, self.gate = cfg, fleet, job.driver_gate()
         ro = cfg.rollout
-        # (REFIT helper, issue 26 item 5: the engines' receive-buffer bound travels in the spec)
+        # the engines' receive-buffer bound travels in the spec: both sides plan the reload calls
         spec = refit_spec_for(
             chunks,
             cfg.model,

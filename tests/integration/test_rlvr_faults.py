@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.helpers import REPO, full_set_only
-from tests.multinode import comparable, launch_nodes, metrics
+from tests.helpers import full_set_only
+from tests.multinode import comparable, launch_nodes, metrics, tiny_sources
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.distributed]
 
@@ -33,20 +31,7 @@ ARGS = [
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    tiny = root / "tiny"
-    subprocess.run(
-        [sys.executable, "-m", "megatron_tulu.cli", "build-tiny", "--out", str(tiny)],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
-    heldout = root / "heldout.jsonl"  # a short step-0 evaluation
-    rows = (
-        (REPO / "megatron_tulu" / "assets" / "data" / "rlvr_heldout.jsonl")
-        .read_text()
-        .splitlines(keepends=True)
-    )
-    heldout.write_text("".join(rows[:32]))
+    tiny, heldout = tiny_sources(root)  # a short step-0 evaluation
     args = [*ARGS, f"model.hf_path={tiny}", f"rlvr.heldout_files=[{heldout}]"]
     job = launch_nodes(root / "straight", 2, 2, args)
     assert job.wait(600) == [0, 0], job.log_text()[-5000:]

@@ -18,7 +18,6 @@ exist) ends FAILED with srun's non-zero exit, one log per node and an ``error:``
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, full_set_only
-from tests.multinode import comparable, metrics
+from tests.multinode import comparable, metrics, tiny_sources
 from tests.slurm_cluster import SlurmCluster
 
 pytestmark = [pytest.mark.slow]
@@ -48,18 +47,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """The embedded tiny model as an HF directory, and a short held-out set (a quick step-0 eval)."""
-    root = tmp_path_factory.mktemp("sources")
-    tiny = root / "tiny"
-    subprocess.run(
-        [sys.executable, "-m", "megatron_tulu.cli", "build-tiny", "--out", str(tiny)],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
-    heldout = root / "heldout.jsonl"
-    rows = (REPO / "megatron_tulu" / "assets" / "data" / "rlvr_heldout.jsonl").read_text().splitlines(True)
-    heldout.write_text("".join(rows[:32]))
-    return tiny, heldout
+    return tiny_sources(tmp_path_factory.mktemp("sources"))
 
 
 def _job_env(**extra: str) -> dict[str, str]:
