@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -165,12 +164,12 @@ def controller_main(args) -> None:
     os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # to send naive_receive
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from benchmarks.common import free_port, torchrun_beside
     from megatron_tulu.models.hf_io import model_config_from_hf
     from megatron_tulu.models.tiny import build_tiny_model
     from megatron_tulu.rollout.bridge.layouts import EngineLayout, LearnerLayout
     from megatron_tulu.rollout.bridge.transport import RefitSpec
     from megatron_tulu.rollout.engine import RolloutEngine
-    from tests.helpers import free_port
 
     work = Path(tempfile.mkdtemp(prefix="bench_refit_"))
     hf = build_tiny_model(work / "tiny")
@@ -189,38 +188,16 @@ def controller_main(args) -> None:
             tp, pp = (int(x) for x in layout.split("x"))
             ports = {etp: free_port() for etp in engines}
             out = work / f"learner_{layout}.json"
-            cmd = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                f"--nproc_per_node={tp * pp}",
-                f"--master_port={free_port()}",
-                str(Path(__file__).resolve()),
-                "--role",
-                "learner",
-                "--hf",
-                str(hf),
-                "--tp",
-                str(tp),
-                "--pp",
-                str(pp),
-                "--reps",
-                str(args.reps),
-                "--bucket-mb",
-                str(args.bucket_mb),
-                "--timeout",
-                str(args.timeout),
-                "--out",
-                str(out),
-            ]
+            learner_args = ["--role", "learner", "--hf", str(hf), "--tp", str(tp), "--pp", str(pp)]
+            learner_args += ["--reps", str(args.reps), "--bucket-mb", str(args.bucket_mb), "--out", str(out)]
+            learner_args += ["--timeout", str(args.timeout)]
             for etp in engines:
-                cmd += ["--engine", f"127.0.0.1:{ports[etp]}:{etp}"]
-            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
-            env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-            log = open(work / f"learner_{layout}.log", "w")
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                learner_args += ["--engine", f"127.0.0.1:{ports[etp]}:{etp}"]
             worker_stats = []
-            try:
+            log = work / f"learner_{layout}.log"
+            with torchrun_beside(
+                __file__, tp * pp, learner_args, log, name=f"learner {layout}", timeout=args.timeout * 4
+            ):
                 for etp, eng in engines.items():
                     spec = RefitSpec(
                         LearnerLayout(tp=tp, pp=pp, dp=1, model=cfg, dtype_bytes=4), EngineLayout(tp=etp)
@@ -256,16 +233,6 @@ def controller_main(args) -> None:
                                 flush=True,
                             )
                     eng.leave_refit_group()
-                rc = proc.wait(timeout=args.timeout * 4)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                log.close()
-            if rc != 0:
-                raise RuntimeError(
-                    f"learner {layout} failed:\n" + (work / f"learner_{layout}.log").read_text()[-5000:]
-                )
             learner_stats = json.loads(out.read_text())
             for ws in worker_stats:
                 sends = [

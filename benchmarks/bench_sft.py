@@ -27,35 +27,15 @@ reset after setup), plus the bytes of parameters, gradients and optimizer state.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    environment,
-    fmt_bytes,
-    format_table,
-    free_port,
-    lifetime_peak_rss_bytes,
-    optimizer_states,
-    peak_rss_bytes,
-    reset_peak_rss,
-    rss_bytes,
-    run_worker,
-    set_torch_threads,
-    tensor_bytes,
-    thread_env,
-    trl_matched_args,
-    write_json,
-)
+import trl_harness as h
+from common import tensor_bytes
 
-REPO = Path(__file__).resolve().parents[1]
 IGNORE_INDEX = -100
 
 
@@ -70,17 +50,11 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from megatron_tulu.algorithms.sft import EMBEDDED_SFT
     from megatron_tulu.data.packing import pack_examples
     from megatron_tulu.data.sft import load_sft_examples
-    from megatron_tulu.data.tokenizer import load_tokenizer
-    from megatron_tulu.models.tiny import build_tiny_model
 
-    model_dir = work / "tiny"
-    if not (model_dir / "config.json").is_file():
-        build_tiny_model(model_dir, seed=args.seed)
-    tokenizer = load_tokenizer(model_dir)
+    model_dir, tokenizer, pad_id = h.tiny_model(args, work)
     examples, report = load_sft_examples(
         [str(EMBEDDED_SFT)], tokenizer, max_seq_len=args.seq_len, cache_dir=work / "cache"
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     packed = pack_examples(examples, args.seq_len, pad_id=pad_id, seed=args.seed)
     order = BatchOrder(len(packed), args.global_batch, args.seed)
     total = args.warmup + args.steps
@@ -93,84 +67,17 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             docs = [packed.examples[j] for j in packed.bins[r]]
             rows.append([[list(d.input_ids), list(d.labels)] for d in docs])
         steps.append(rows)
-    data_path = work / "steps.json"
-    data_path.write_text(json.dumps(steps))
     useful = [sum(len(d[0]) for row in rows for d in row) for rows in steps]
     targets = [sum(sum(t != IGNORE_INDEX for t in d[1][1:]) for row in rows for d in row) for rows in steps]
-    return {
-        "model_dir": str(model_dir),
-        "data_path": str(data_path),
-        "pad_id": pad_id,
-        "seq_len": args.seq_len,
-        "global_batch": args.global_batch,
-        "micro_batch": args.micro_batch,
-        "warmup": args.warmup,
-        "steps": args.steps,
-        "lr": args.lr,
-        "seed": args.seed,
-        "threads": args.threads,
-        "work_dir": str(work),
-        "data": {
-            "examples": len(examples),
-            "packed_rows": len(packed),
-            "packing_efficiency": packed.efficiency,
-            "useful_tokens_per_step": useful,
-            "trained_targets_per_step": targets,
-            "report": report.summary(),
-        },
+    facts = {
+        "examples": len(examples),
+        "packed_rows": len(packed),
+        "packing_efficiency": packed.efficiency,
+        "useful_tokens_per_step": useful,
+        "trained_targets_per_step": targets,
+        "report": report.summary(),
     }
-
-
-def launch(side: str, spec: dict[str, Any], work: Path, nproc: int = 1) -> dict[str, Any]:
-    spec_path = work / f"spec_{side}.json"
-    if side == "trl_mb1":  # same global batch, one packed row per forward (8x / 16x accumulation)
-        spec = {**spec, "micro_batch": 1}
-    spec_path.write_text(json.dumps({**spec, "side": side}))
-    result = work / f"result_{side}.json"
-    env = thread_env(spec["threads"] if nproc == 1 else max(1, spec["threads"] // nproc))
-    env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = env["HF_DATASETS_OFFLINE"] = "1"
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    worker = ["--worker", side, "--spec", str(spec_path), "--result", str(result)]
-    if nproc == 1:
-        cmd = [sys.executable, str(Path(__file__).resolve()), *worker]
-    else:
-        env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(free_port())
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            str(Path(__file__).resolve()),
-            *worker,
-        ]
-        # --standalone picks its own rendezvous port; MASTER_PORT above is for our gloo world
-    print(f"[bench_sft] running {side} ...", flush=True)
-    return run_worker(cmd, result, env=env, timeout=900, log_path=work / f"log_{side}.txt")
-
-
-def summarize(res: dict[str, Any], warmup: int, steps: int) -> dict[str, Any]:
-    """Throughput over the timed steps from the per-step end times and useful-token counts."""
-
-    def span(ends: list[float], start: float) -> tuple[float, list[float]]:
-        first = ends[warmup - 1] if warmup > 0 else start
-        return ends[warmup + steps - 1] - first, [b - a for a, b in zip([start, *ends[:-1]], ends)]
-
-    elapsed, per_step = span(res["step_end_times"], res["loop_start"])
-    cpu, cpu_per_step = span(res["step_end_cpu_times"], res["cpu_start"])
-    timed_tokens = sum(res["useful_tokens"][warmup : warmup + steps])
-    return {
-        "useful_tokens_per_s": timed_tokens / elapsed,
-        "useful_tokens_per_cpu_s": timed_tokens / cpu,
-        "seconds_per_step": elapsed / steps,
-        "cpu_seconds_per_step": cpu / steps,
-        "timed_seconds": elapsed,
-        "step_seconds": per_step,
-        "step_cpu_seconds": cpu_per_step,
-        "first_loss": res["losses"][0],
-        "final_loss": res["losses"][-1],
-    }
+    return h.make_spec(args, work, model_dir, pad_id, steps, facts, seq_len=args.seq_len)
 
 
 NOTES = [
@@ -196,18 +103,19 @@ SIDE_LABELS = {
     "trl": "TRL SFTTrainer (padding-free packing)",
     "trl_mb1": "TRL SFTTrainer (padding-free packing), micro-batch 1 row",
 }
+BENCH = h.Benchmark(
+    "sft_step_cpu",
+    __file__,
+    SIDE_LABELS,
+    NOTES,
+    "packed rows",
+    dict(steps=4, warmup=1, global_batch=8, micro_batch=4, lr=1e-3, sides="ours,trl", out="sft.json"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps")
-    p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps before them")
-    p.add_argument("--global-batch", type=int, default=8, help="packed rows per optimizer step")
-    p.add_argument("--micro-batch", type=int, default=4, help="packed rows per forward/backward")
+    p = h.parser(__doc__, BENCH)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads of each worker")
-    p.add_argument("--seed", type=int, default=1234)
     p.add_argument(
         "--dp2", action="store_true", help="also run ours under torchrun with DP=2 (threads/2 each)"
     )
@@ -217,96 +125,43 @@ def main(argv: list[str] | None = None) -> int:
         help="also run TRL with one packed row per forward (its padding-free batch is one flattened "
         "sequence, so on CPU attention then costs what ours does)",
     )
-    p.add_argument("--sides", default="ours,trl", help="comma-separated subset of: ours,trl")
-    p.add_argument("--work-dir", default=None, help="scratch dir (default: a temp dir)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sft.json"))
-    p.add_argument("--worker", choices=list(SIDE_LABELS), help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-
     if args.worker:
-        spec = json.loads(Path(args.spec).read_text())
-        result = worker_ours(spec) if args.worker.startswith("ours") else worker_trl(spec)
-        if result is not None:
-            write_json(args.result, result)
-        return 0
+        return h.serve_worker(args, worker_ours, worker_trl)
 
-    if args.global_batch % args.micro_batch:
-        p.error("--global-batch must be a multiple of --micro-batch")
-    import tempfile
-
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_sft_")).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    sides, work, t0 = h.begin(p, args, BENCH)
     spec = prepare(args, work)
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if args.dp2:
         sides.insert(sides.index("ours") + 1 if "ours" in sides else 0, "ours_dp2")
     if args.trl_mb1:
         sides.append("trl_mb1")
-    raw = {s: launch(s, spec, work, nproc=2 if s == "ours_dp2" else 1) for s in sides}
-    results = {s: {**raw[s], **summarize(raw[s], args.warmup, args.steps)} for s in sides}
 
-    header = ["", *(s for s in sides)]
-    table_rows = [
-        ["useful tokens/s (wall)", *(f"{results[s]['useful_tokens_per_s']:,.0f}" for s in sides)],
-        ["s/step (wall, mean)", *(f"{results[s]['seconds_per_step']:.2f}" for s in sides)],
-        ["useful tokens/CPU-s", *(f"{results[s]['useful_tokens_per_cpu_s']:,.0f}" for s in sides)],
-        ["CPU-s/step (mean)", *(f"{results[s]['cpu_seconds_per_step']:.2f}" for s in sides)],
-        ["peak RSS, whole worker", *(fmt_bytes(results[s]["peak_rss_lifetime"]) for s in sides)],
-        ["peak RSS, training loop", *(fmt_bytes(results[s]["peak_rss_train"]) for s in sides)],
-        ["RSS before training", *(fmt_bytes(results[s]["rss_before_train"]) for s in sides)],
-        ["params (count)", *(f"{results[s]['param_count']:,}" for s in sides)],
-        ["param bytes", *(fmt_bytes(results[s]["param_bytes"]) for s in sides)],
-        ["grad bytes", *(fmt_bytes(results[s]["grad_bytes"]) for s in sides)],
-        ["optimizer state bytes", *(fmt_bytes(results[s]["optimizer_state_bytes"]) for s in sides)],
-        ["loss step 1", *(f"{results[s]['first_loss']:.4f}" for s in sides)],
-        [f"loss step {args.warmup + args.steps}", *(f"{results[s]['final_loss']:.4f}" for s in sides)],
-        ["worker wall s (incl. imports)", *(f"{results[s]['wall_seconds']:.1f}" for s in sides)],
+    def run(side: str) -> dict[str, Any]:
+        # trl_mb1: the same global batch, one packed row per forward (8x / 16x accumulation)
+        side_spec = {**spec, "micro_batch": 1} if side == "trl_mb1" else spec
+        res = h.launch(BENCH, side, side_spec, work, nproc=2 if side == "ours_dp2" else 1)
+        tokens = sum(res["useful_tokens"][args.warmup : args.warmup + args.steps])
+        return {**res, **h.summarize(res, args.warmup, args.steps, "useful_tokens", tokens)}
+
+    results = h.run_rounds(sides, 1, run)
+    rows = [
+        *h.speed_rows("useful tokens", "useful_tokens", ",.0f"),
+        *h.rows("peak_rss_lifetime", "peak_rss_train", "rss_before_train", "param_count", "param_bytes"),
+        *h.rows("grad_bytes", "optimizer_state_bytes"),
+        *h.loss_rows(args.warmup + args.steps, ".4f"),
+        h.ROWS["wall_seconds"],
     ]
     if "ours" in results:
-        ref = results["ours"]["losses"]
-        for s in sides:
-            results[s]["loss_max_abs_diff_vs_ours"] = max(
-                abs(a - b) for a, b in zip(results[s]["losses"], ref)
-            )
-        table_rows.append(
-            [
-                "max |loss - ours| (all steps)",
-                *(f"{results[s]['loss_max_abs_diff_vs_ours']:.1e}" for s in sides),
-            ]
-        )
-    table = format_table(table_rows, header)
-    settings = {
-        k: spec[k] for k in ("seq_len", "global_batch", "micro_batch", "warmup", "steps", "lr", "seed")
-    }
-    settings["threads"] = args.threads
-    settings["loss"] = "token-mean NLL over the global batch (assistant targets only)"
-    settings["optimizer"] = "AdamW betas=(0.9,0.999) eps=1e-8 wd=0, constant LR, clip 1.0, fp32"
-    out = {
-        "benchmark": "sft_step_cpu",
-        "sides": {s: SIDE_LABELS[s] for s in sides},
-        "settings": settings,
-        "data": spec["data"],
-        "results": results,
-        "table": table,
-        "notes": NOTES,
-        "environment": environment(),
-        "total_seconds": time.perf_counter() - t0,
-    }
-    write_json(args.out, out)
-    print(
-        f"\nSFT step on CPU: {args.global_batch} x {args.seq_len}-token packed rows per step "
+        h.max_abs_diff(results, "ours", "loss_max_abs_diff_vs_ours", lambda r: r["losses"])
+        rows.append(("max |loss - ours| (all steps)", lambda r: f"{r['loss_max_abs_diff_vs_ours']:.1e}"))
+    keys = ("seq_len", "global_batch", "micro_batch", "warmup", "steps", "lr", "seed", "threads")
+    settings = h.settings_of(spec, keys, loss="token-mean NLL over the global batch (assistant targets only)")
+    headline = (
+        f"SFT step on CPU: {args.global_batch} x {args.seq_len}-token packed rows per step "
         f"(micro-batch {args.micro_batch}), {args.steps} timed steps after {args.warmup} warm-up, "
-        f"{args.threads} threads, LR {args.lr}\n"
+        f"{args.threads} threads, LR {args.lr}"
     )
-    for s in sides:
-        print(f"  {s}: {SIDE_LABELS[s]}")
-    print()
-    print(table)
-    print(f"\nwrote {args.out}  (total {out['total_seconds']:.0f}s)")
-    return 0
+    return h.finish(BENCH, args, sides, results, rows, spec, settings, headline, t0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,89 +169,42 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _load_steps(spec: dict[str, Any]) -> list[list[list[list[list[int]]]]]:
-    return json.loads(Path(spec["data_path"]).read_text())
-
-
 def worker_ours(spec: dict[str, Any]) -> dict[str, Any] | None:
-    set_torch_threads(int(os.environ.get("OMP_NUM_THREADS", spec["threads"])))
+    h.worker_threads(spec)
     import torch
 
     from megatron_tulu.algorithms.loop import is_rank0, split_for_rank
     from megatron_tulu.algorithms.sft import make_forward_step
-    from megatron_tulu.config.load import load_config
     from megatron_tulu.config.schema import SFTRunConfig
     from megatron_tulu.data.packing import build_row, collate_rows
-    from megatron_tulu.engine.model import build_model, select_layer_spec
-    from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
-    from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
-    from megatron_tulu.models.hf_io import load_hf_weights, model_config_from_hf
+    from megatron_tulu.engine.model import select_layer_spec
+    from megatron_tulu.engine.parallel import destroy_parallel
 
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
     total = spec["warmup"] + spec["steps"]
-    cfg = load_config(
-        [
-            f"train.output_dir={spec['work_dir']}/ours",
-            f"model.hf_path={spec['model_dir']}",
-            f"train.seq_length={spec['seq_len']}",
-            f"train.global_batch_size={spec['global_batch']}",
-            f"train.micro_batch_size={spec['micro_batch']}",
-            f"train.train_iters={total}",
-            f"train.seed={spec['seed']}",
-            f"optimizer.lr={spec['lr']}",
-            "optimizer.min_lr=0.0",
-            "optimizer.warmup_ratio=0.0",
-            "optimizer.lr_decay_style=constant",
-            "optimizer.weight_decay=0.0",
-            "optimizer.clip_grad=1.0",
-            "sft.loss_reduction=mean",
-        ],
-        config_name="sft",
-        schema=SFTRunConfig,
-    )
-    cfg.model = dataclasses.replace(model_config_from_hf(spec["model_dir"]), name=cfg.model.name)
-    info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
-    chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
-    load_hf_weights(chunks, cfg.model, spec["model_dir"])
-    optimizer = build_optimizer(chunks, cfg.optimizer, cfg.parallel, cfg.precision)
-    scheduler = build_scheduler(optimizer, cfg.optimizer, total)
-    prepare_model_for_training(chunks, optimizer)
+    overrides = [
+        *h.ours_overrides(spec, total, "ours"),
+        f"train.seq_length={spec['seq_len']}",
+        "sft.loss_reduction=mean",
+    ]
+    cfg, info, chunks = h.build_ours(spec, overrides, "sft", SFTRunConfig)
+    model = h.ours_optimizer(chunks, cfg, total)
     _, impl = select_layer_spec(cfg.precision)
     forward_step = make_forward_step(
         cfg.model.vocab_size, "mean", True, impl == "transformer_engine", fused=cfg.train.fused_log_probs
     )
     num_mb = spec["global_batch"] // (spec["micro_batch"] * info.dp)
-    steps = _load_steps(spec)
+    steps = h.load_data(spec)
 
-    rss_before = rss_bytes()
-    reset_peak_rss()
-    ends, cpu_ends, losses, grad_norms, useful = [], [], [], [], []
-    loop_start, cpu_start = time.perf_counter(), time.process_time()
-    for step in range(total):
+    def batches(step: int) -> tuple[list[Any], int]:
         step_rows = steps[step]
         mine = split_for_rank(list(range(len(step_rows))), info.dp, info.dp_rank, spec["micro_batch"])
-        micro = [
-            collate_rows([build_row(step_rows[i], spec["seq_len"], spec["pad_id"]) for i in idx])
-            for idx in mine
-        ]
-        result = train_step(
-            forward_step,
-            iter(micro),
-            chunks,
-            optimizer,
-            scheduler,
-            num_microbatches=num_mb,
-            seq_length=spec["seq_len"],
-            micro_batch_size=spec["micro_batch"],
-        )
-        ends.append(time.perf_counter())
-        cpu_ends.append(time.process_time())
-        losses.append(result.metrics["loss_per_token"])
-        grad_norms.append(result.grad_norm)
-        useful.append(sum(len(d[0]) for row in step_rows for d in row))
-    peak_train = peak_rss_bytes()
+        rows = [[build_row(step_rows[i], spec["seq_len"], spec["pad_id"]) for i in idx] for idx in mine]
+        return [collate_rows(r) for r in rows], spec["seq_len"]
+
+    clock = h.StepClock()
+    for result in h.train_ours(clock, model, forward_step, total, batches, num_mb, spec["micro_batch"]):
+        clock.losses.append(result.metrics["loss_per_token"])
+    useful = [sum(len(d[0]) for row in step_rows for d in row) for step_rows in steps[:total]]
 
     params = [p for c in chunks for p in c.parameters()]
     grads = [
@@ -408,22 +216,14 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any] | None:
         "threads": torch.get_num_threads(),
         "micro_batch": spec["micro_batch"],
         "attention": f"Megatron-Core {impl} DotProductAttention, dense block-causal mask [b,1,s,s]",
-        "loop_start": loop_start,
-        "step_end_times": ends,
-        "cpu_start": cpu_start,
-        "step_end_cpu_times": cpu_ends,
-        "losses": losses,
-        "grad_norms": grad_norms,
+        **clock.times(),
+        "losses": clock.losses,
+        "grad_norms": clock.grad_norms,
         "lrs": [spec["lr"]] * total,
         "useful_tokens": useful,
         "padded_tokens_per_step": spec["global_batch"] * spec["seq_len"],
-        "rss_before_train": rss_before,
-        "peak_rss_train": peak_train,
-        "peak_rss_lifetime": lifetime_peak_rss_bytes(),
-        "param_count": sum(p.numel() for p in params),
-        "param_bytes": tensor_bytes(params),
-        "grad_bytes": tensor_bytes([g for g in grads if g is not None]),
-        "optimizer_state_bytes": tensor_bytes(optimizer_states(optimizer)),
+        **clock.memory(),
+        **h.footprint(params, model.optimizer, grad_bytes=tensor_bytes([g for g in grads if g is not None])),
     }
     if info.world_size > 1:
         gathered: list[Any] = [None] * info.world_size
@@ -444,15 +244,14 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
-    threads = int(os.environ.get("OMP_NUM_THREADS", spec["threads"]))
-    set_torch_threads(threads)
+    h.worker_threads(spec)
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     total = spec["warmup"] + spec["steps"]
-    steps = _load_steps(spec)
+    steps = h.load_data(spec)
     # One dataset row per packed row, in step order: the tokens of its documents back to back (no padding),
     # per-token labels (-100 off the assistant replies), and the document lengths from which TRL's
     # padding-free collator builds position_ids that restart at every document.
@@ -466,14 +265,10 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         for row in step_rows
     ]
     dataset = Dataset.from_list(rows)
-    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"], local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        spec["model_dir"], dtype=torch.float32, attn_implementation="sdpa", local_files_only=True
-    )
-    model.config.use_cache = False
+    tokenizer, model = h.trl_model(spec)
 
     config = SFTConfig(
-        **trl_matched_args(spec, total, spec["micro_batch"], spec["global_batch"]),
+        **h.trl_matched_args(spec, total, spec["micro_batch"], spec["global_batch"]),
         max_length=spec["seq_len"],
         packing=True,
         packing_strategy="bfd",
@@ -481,56 +276,40 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, labelled and packed
     )
 
-    timing: dict[str, Any] = {"ends": [], "cpu_ends": [], "losses": [], "grad_norms": [], "lrs": []}
+    clock = h.StepClock()
+    grad_bytes: dict[str, int] = {}
 
-    class Timer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            timing["rss_before"] = rss_bytes()
-            reset_peak_rss()
-            timing["loop_start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            timing["ends"].append(time.perf_counter())
-            timing["cpu_ends"].append(time.process_time())
-
+    class GradBytes(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            if "grad_bytes" not in timing:
-                grads = [q.grad for q in kwargs["model"].parameters() if q.grad is not None]
-                timing["grad_bytes"] = tensor_bytes(grads)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                timing["losses"].append(float(logs["loss"]))
-                timing["grad_norms"].append(float(logs.get("grad_norm", float("nan"))))
-                timing["lrs"].append(float(logs.get("learning_rate", float("nan"))))
+            if not grad_bytes:
+                grad_bytes["first"] = tensor_bytes(
+                    [q.grad for q in kwargs["model"].parameters() if q.grad is not None]
+                )
 
     trainer = SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()]
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[h.trl_clock_callback(clock), GradBytes()],
     )
     trainer.train()
-    peak_train = peak_rss_bytes()
+    clock.stop()
 
-    params = list(trainer.model.parameters())
     return {
         "threads": torch.get_num_threads(),
         "micro_batch": spec["micro_batch"],
         "attention": f"transformers {model.config._attn_implementation}, block-causal mask from position_ids",
-        "loop_start": timing["loop_start"],
-        "step_end_times": timing["ends"],
-        "cpu_start": timing["cpu_start"],
-        "step_end_cpu_times": timing["cpu_ends"],
-        "losses": timing["losses"],
-        "grad_norms": timing["grad_norms"],
-        "lrs": timing["lrs"],
+        **clock.times(),
+        "losses": clock.losses,
+        "grad_norms": clock.grad_norms,
+        "lrs": clock.lrs,
         "useful_tokens": [sum(len(d[0]) for row in step_rows for d in row) for step_rows in steps],
         "padded_tokens_per_step": None,
-        "rss_before_train": timing["rss_before"],
-        "peak_rss_train": peak_train,
-        "peak_rss_lifetime": lifetime_peak_rss_bytes(),
-        "param_count": sum(p.numel() for p in params),
-        "param_bytes": tensor_bytes(params),
-        "grad_bytes": timing.get("grad_bytes"),
-        "optimizer_state_bytes": tensor_bytes(optimizer_states(trainer.optimizer)),
+        **clock.memory(),
+        **h.footprint(
+            list(trainer.model.parameters()), trainer.optimizer, grad_bytes=grad_bytes.get("first")
+        ),
     }
 
 

@@ -11,6 +11,7 @@ training loop separately from the peak of its whole life (``ru_maxrss``, which c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -18,9 +19,11 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -140,6 +143,47 @@ def run_worker(
     return result
 
 
+@contextlib.contextmanager
+def torchrun_beside(
+    script: str | os.PathLike,
+    nproc: int,
+    args: Sequence[str],
+    log_path: str | os.PathLike,
+    *,
+    name: str,
+    timeout: float,
+    drop_env: Sequence[str] = ("VLLM_CPU_OMP_THREADS_BIND",),
+) -> Iterator[subprocess.Popen]:
+    """Run ``script`` under ``torchrun`` (``nproc`` ranks of one intra-op thread, the repository on
+    ``PYTHONPATH``, ``drop_env`` unset, its output in ``log_path``) while the block drives it: a
+    learner that refits the vLLM engines of this process. Leaving the block waits ``timeout`` s for it;
+    a block that raised (or a wait that timed out) kills it; a non-zero exit raises ``RuntimeError``
+    naming ``name``, with the log's tail."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        str(Path(script).resolve()),
+        *args,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
+    for key in drop_env:
+        env.pop(key, None)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+            rc = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"{name} failed:\n" + Path(log_path).read_text()[-6000:])
+
+
 def optimizer_states(optimizer: Any) -> list[Any]:
     """The torch optimizers' ``state`` dicts under Megatron / accelerate wrappers."""
     stack, states = [optimizer], []
@@ -152,37 +196,6 @@ def optimizer_states(optimizer: Any) -> list[Any]:
         elif hasattr(opt, "state"):
             states.append(dict(opt.state))
     return states
-
-
-def trl_matched_args(spec: dict[str, Any], steps: int, micro_batch: int, global_batch: int) -> dict[str, Any]:
-    """TRL trainer arguments that match our side: same steps and batch split, constant LR, AdamW
-    (0.9, 0.999, 1e-8, no decay), clip 1.0, fp32 on CPU, rows fed in order, per-step logs, no saves."""
-    return dict(
-        output_dir=f"{spec['work_dir']}/trl",
-        max_steps=steps,
-        per_device_train_batch_size=micro_batch,
-        gradient_accumulation_steps=global_batch // micro_batch,
-        learning_rate=spec["lr"],
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        seed=spec["seed"],
-        train_sampling_strategy="sequential",  # rows are already in step order
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-    )
 
 
 def environment() -> dict[str, Any]:

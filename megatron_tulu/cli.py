@@ -1,7 +1,8 @@
 """`megatron-tulu <command> [args...]`: a thin dispatcher.
 
-Each command lives in its own module and parses its own arguments (argparse for tools,
-Hydra overrides for trainers), so importing the CLI stays cheap and commands stay independent.
+Each command lives in its own module of :mod:`megatron_tulu.commands` and parses its own arguments
+(argparse for tools, Hydra overrides for trainers); the one a command line names is imported only
+then, so importing the CLI stays cheap and commands stay independent.
 """
 
 from __future__ import annotations
@@ -12,42 +13,32 @@ import signal
 import sys
 import threading
 
-# command -> ("module:function", one-line help). The function takes the remaining argv.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "build-tiny": (
-        "megatron_tulu.models.tiny:main",
-        "build the embedded tiny Llama + tokenizer as an HF dir",
-    ),
-    "convert": ("megatron_tulu.models.convert_cli:main", "HF Llama <-> Megatron distributed checkpoint"),
-    "generate": ("megatron_tulu.engine.generate_cli:main", "greedy/sampled generation on the Megatron model"),
-    "sft": ("megatron_tulu.algorithms.sft:main", "supervised fine-tuning (Tülu 3 sum loss, packing)"),
-    "dpo": (
-        "megatron_tulu.algorithms.dpo:main",
-        "preference optimisation (length-normalized DPO, cached reference)",
-    ),
-    "rlvr": ("megatron_tulu.algorithms.rlvr:main", "PPO/GRPO with verifiable rewards and vLLM rollouts"),
-    "pipeline": (
-        "megatron_tulu.algorithms.pipeline:main",
-        "SFT -> DPO -> RLVR with held-out accuracy per stage",
-    ),
-    "verify": ("megatron_tulu.rewards.verify_cli:main", "score generations with the verifiable rewards"),
-    "eval": ("megatron_tulu.evaluation.cli:main", "benchmark scores (GSM8K/MATH/IFEval) via vLLM"),
-    "decontaminate": ("megatron_tulu.rewards.decontaminate:main", "8-gram decontamination of training data"),
-    "checkpoint": (
-        "megatron_tulu.engine.checkpoint:main",
-        "checkpoint tools: `checkpoint verify DIR` checks every file against its checksum",
-    ),
-    "plan-refit": (
-        "megatron_tulu.rollout.bridge.plan_cli:main",
-        "print the learner->vLLM weight refit plan and its cost",
-    ),
+# command -> one-line help. `megatron-tulu foo-bar ARGS` runs megatron_tulu.commands.foo_bar:main(ARGS).
+COMMANDS: dict[str, str] = {
+    "build-tiny": "build the embedded tiny Llama + tokenizer as an HF dir",
+    "convert": "HF Llama <-> Megatron distributed checkpoint",
+    "generate": "greedy/sampled generation on the Megatron model",
+    "sft": "supervised fine-tuning (Tülu 3 sum loss, packing)",
+    "dpo": "preference optimisation (length-normalized DPO, cached reference)",
+    "rlvr": "PPO/GRPO with verifiable rewards and vLLM rollouts",
+    "pipeline": "SFT -> DPO -> RLVR with held-out accuracy per stage",
+    "verify": "score generations with the verifiable rewards",
+    "eval": "benchmark scores (GSM8K/MATH/IFEval) via vLLM",
+    "decontaminate": "8-gram decontamination of training data",
+    "checkpoint": "checkpoint tools: `checkpoint verify DIR` checks every file against its checksum",
+    "plan-refit": "print the learner->vLLM weight refit plan and its cost",
+    "synthetic-data": "write the embedded synthetic SFT/DPO/RLVR jsonl files (GSM8K-/IFEval-style)",
 }
+
+
+def command_module(name: str) -> str:
+    return "megatron_tulu.commands." + name.replace("-", "_")
 
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: megatron-tulu <command> [args...]", "", "commands:"]
-    lines += [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += [f"  {name.ljust(width)}  {desc}" for name, desc in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -96,13 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, func_name = COMMANDS[name][0].split(":")
     try:
         from megatron_tulu.engine.gpu_stack import check_gpu_stack
 
         check_gpu_stack()  # a CPU venv on a GPU node: refused before any work (engine/gpu_stack.py)
-        func = getattr(importlib.import_module(module_name), func_name)
-        result = func(rest)
+        result = importlib.import_module(command_module(name)).main(rest)
     except Exception as exc:  # report() re-raises everything that is not a user error
         return report(exc)
     return int(result or 0)

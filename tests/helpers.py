@@ -31,20 +31,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_torchrun(script: str | Path, nproc: int, args: list[str], timeout: int = 300) -> str:
-    """Run ``script`` (or ``-m module``) under torchrun with ``nproc`` gloo ranks; return its output."""
-    target = ["-m", str(script)[3:]] if str(script).startswith("-m ") else [str(script)]
-    cmd = [
+# What every process a test starts gets: one intra-op thread, no Python warnings, no Hub access; and
+# where a vLLM CPU engine runs, VLLM_QUIET_ENV too (warnings only, a 1 GiB KV cache).
+QUIET_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+VLLM_QUIET_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    """This process's environment with :data:`QUIET_ENV` and ``extra``."""
+    return {**os.environ, **QUIET_ENV, **extra}
+
+
+def torchrun_cmd(nproc: int, *target: str) -> list[str]:
+    """``torch.distributed.run`` with ``nproc`` ranks on a free port, then ``target`` (a script and its
+    arguments, or ``-m module ...``)."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
         f"--master_port={free_port()}",
         *target,
-        *args,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def run_logged(cmd: list[str], log: Path, env: dict[str, str], timeout: float) -> int:
+    """Run ``cmd`` from the repository root with its output in ``log`` (a file, not a pipe: vLLM
+    children may linger); returns the exit code."""
+    with open(log, "w") as handle:
+        return subprocess.run(
+            cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env, timeout=timeout
+        ).returncode
+
+
+def run_torchrun(script: str | Path, nproc: int, args: list[str], timeout: int = 300) -> str:
+    """Run ``script`` (or ``-m module``) under torchrun with ``nproc`` gloo ranks; return its output."""
+    target = ["-m", str(script)[3:]] if str(script).startswith("-m ") else [str(script)]
+    cmd = torchrun_cmd(nproc, *target, *args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=quiet_env(), cwd=REPO)
     if proc.returncode != 0:
         raise AssertionError(
             f"torchrun failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
@@ -118,14 +142,12 @@ def run_sft_tp2(out_dir: Path, cache: Path, *extra: str, fault: str | None = Non
     ``MEGATRON_TULU_FAULT`` (one set outside the test never leaks in). Returns the finished process."""
     import subprocess
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
+    env = quiet_env()
     env.pop("MEGATRON_TULU_FAULT", None)
     if fault:
         env["MEGATRON_TULU_FAULT"] = fault
     cmd = [
-        sys.executable,
-        *("-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"),
-        *("-m", "megatron_tulu.cli", "sft"),
+        *torchrun_cmd(2, "-m", "megatron_tulu.cli", "sft"),
         f"train.output_dir={out_dir}",
         f"data.cache_dir={cache}",
         "parallel.tp=2",

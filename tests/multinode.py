@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, VLLM_QUIET_ENV, free_port, quiet_env
 
 MARKER = "MEGATRON_TULU_TRIAL"
 
@@ -98,16 +98,7 @@ def launch_nodes(
     """Start ``nnodes`` torchrun agents (node ranks 0..N-1) on this machine for one job."""
     port = free_port()
     marker = uuid.uuid4().hex
-    base = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONWARNINGS="ignore",
-        HF_HUB_OFFLINE="1",
-        VLLM_LOGGING_LEVEL="WARNING",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        **{MARKER: marker},
-        **(env or {}),
-    )
+    base = quiet_env(**VLLM_QUIET_ENV, **{MARKER: marker}, **(env or {}))
     procs, logs = [], []
     for node in range(nnodes):
         log = out.parent / f"{out.name}.node{node}.log"

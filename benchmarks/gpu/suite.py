@@ -587,7 +587,7 @@ def section_resume(kernels: Any, checks: Checks, measure: bool) -> dict[str, Any
     """A checkpoint resume through Megatron's DistributedOptimizer (the GPU default) in bf16: the
     step after a resume must be the uninterrupted run's step. The GPU run of Nov 2026 was not (loss
     145.04 vs 144.69); the cause, found on CPU, was a shared AdamW ``step`` tensor after a load
-    (fixed in engine/checkpoint.py). Whether the per-parameter step counts are right is checked
+    (fixed in engine/mcore_compat.py). Whether the per-parameter step counts are right is checked
     exactly on either device; whether loss and weights match bit for bit is checked on CPU and
     reported on GPU (its kernels need not be deterministic)."""
     missing = _megatron_missing()

@@ -12,45 +12,29 @@ because a pipeline stage exchanges a single activation tensor per micro-batch).
 
 from __future__ import annotations
 
-import dataclasses
 import resource
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from megatron_tulu.algorithms.loop import (
-    BatchOrder,
-    Throughput,
-    check_batch_geometry,
-    ensure_model_source,
-    is_rank0,
-    rank0_first,
-    save_config,
-    split_for_rank,
-)
+from megatron_tulu.algorithms.loop import ensure_model_source, rank0_first
 from megatron_tulu.algorithms.ref_cache import (
     cache_key,
     compute_reference_logps,
     load_or_compute,
     model_fingerprint,
 )
-from megatron_tulu.algorithms.trainer import SupervisedTrainer
-from megatron_tulu.config.load import load_config
+from megatron_tulu.algorithms.trainer import SupervisedTrainer, build_trainable
 from megatron_tulu.config.schema import DPORunConfig
 from megatron_tulu.data.io import data_fingerprint
 from megatron_tulu.data.preference import collate_pairs, load_preference_examples
 from megatron_tulu.data.tokenizer import load_tokenizer
-from megatron_tulu.engine.model import build_model
-from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
-from megatron_tulu.engine.parallel import init_parallel
-from megatron_tulu.engine.train_step import Forward, forward_batch, prepare_model_for_training
+from megatron_tulu.engine.train_step import Forward, forward_batch
 from megatron_tulu.losses.dpo import PreferenceLogps, get_dpo_loss, needs_reference
 from megatron_tulu.losses.logprobs import sequence_logps
 from megatron_tulu.losses.vocab_parallel import TokenHead
-from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
 
 EMBEDDED_DPO = Path(__file__).resolve().parents[1] / "assets" / "data" / "dpo.jsonl"
 SIDES = ("chosen", "rejected")
@@ -166,11 +150,8 @@ class DPOTrainer(SupervisedTrainer):
                 "dpo.forward_mode=separate needs parallel.pp=1 (a stage passes one tensor per "
                 "micro-batch); set dpo.forward_mode=concatenated"
             )
-        self.hf_source = hf_source = ensure_model_source(cfg)
-        cfg.model = dataclasses.replace(model_config_from_hf(hf_source), name=cfg.model.name)
-        self.info = info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
-        save_config(cfg, self.out_dir)
-        tokenizer = load_tokenizer(cfg.data.tokenizer or hf_source)
+        self.start(ensure_model_source(cfg))
+        tokenizer = load_tokenizer(cfg.data.tokenizer or self.hf_source)
         files = cfg.data.train_files or [str(EMBEDDED_DPO)]
         max_len = min(cfg.data.max_seq_len, cfg.train.seq_length)
 
@@ -187,22 +168,16 @@ class DPOTrainer(SupervisedTrainer):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None
         mode = cfg.dpo.forward_mode
+        self.plan_steps(len(self.pairs), cfg.train.micro_batch_size * (2 if mode == "concatenated" else 1))
 
-        self.num_microbatches = check_batch_geometry(
-            cfg.train.global_batch_size, cfg.train.micro_batch_size, info.dp
-        )
-        self.micro_batch_rows = cfg.train.micro_batch_size * (2 if mode == "concatenated" else 1)
-        self.order = BatchOrder(len(self.pairs), cfg.train.global_batch_size, cfg.train.seed)
-        per_run = self.order.steps_per_epoch * cfg.dpo.epochs
-        self.total_steps = min(cfg.train.train_iters, per_run) if cfg.train.train_iters > 0 else per_run
-
-        self.chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
-        load_hf_weights(self.chunks, cfg.model, hf_source)
-        self.ref, self.ref_cache_hit = None, None
-        # The registry decides (not a name test), so a plugin's reference-free loss skips the cache too.
-        if needs_reference(cfg.dpo.loss):
+        def reference(chunks: list[torch.nn.Module]) -> None:
+            """The reference log-probs of the loaded weights, before any update (cached on disk)."""
+            self.ref, self.ref_cache_hit = None, None
+            # The registry decides (not a name test), so a plugin's reference-free loss skips the cache too.
+            if not needs_reference(cfg.dpo.loss):
+                return
             key = cache_key(
-                model_fingerprint(hf_source),
+                model_fingerprint(self.hf_source),
                 data_fingerprint("dpo-ref", [Path(f) for f in files], tokenizer, {"max_seq_len": max_len}),
                 {"params_dtype": cfg.precision.params_dtype},
             )
@@ -210,7 +185,7 @@ class DPOTrainer(SupervisedTrainer):
             self.ref, self.ref_cache_hit = load_or_compute(
                 cache_path,
                 lambda: compute_reference_logps(
-                    self.chunks,
+                    chunks,
                     len(self.pairs),
                     make_batch_builder(self.pairs, mode, pad_id, fixed_len, None),
                     cfg.train.micro_batch_size,
@@ -219,31 +194,24 @@ class DPOTrainer(SupervisedTrainer):
                     rows_per_pair=2 if mode == "concatenated" else 1,
                 ),
             )
-        self.optimizer = build_optimizer(self.chunks, cfg.optimizer, cfg.parallel, cfg.precision)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, self.total_steps)
-        prepare_model_for_training(self.chunks, self.optimizer)
+
+        self.chunks, self.optimizer, self.scheduler = build_trainable(
+            cfg, self.total_steps, hf_source=self.hf_source, before_optimizer=reference
+        )
         self.forward_step = make_forward_step(cfg, cfg.model.vocab_size)
         self.build = make_batch_builder(self.pairs, mode, pad_id, fixed_len, self.ref)
 
-    def before_steps(self, start: int) -> None:
-        cfg = self.cfg
-        self.meter = Throughput(
-            cfg.model, cfg.train.seq_length, self.info.world_size, cfg.logging.peak_tflops
+    def describe(self, start: int) -> str:
+        cfg, report = self.cfg, self.report
+        cache = "unused" if self.ref is None else "hit" if self.ref_cache_hit else "computed"
+        return (
+            f"{report.pairs} pairs ({report.summary() if hasattr(report, 'summary') else report}); "
+            f"loss={cfg.dpo.loss} beta={cfg.dpo.beta} mode={cfg.dpo.forward_mode} "
+            f"steps={self.total_steps} start={start} ref_cache={cache}"
         )
-        if is_rank0():
-            report = self.report
-            cache = "unused" if self.ref is None else "hit" if self.ref_cache_hit else "computed"
-            print(
-                f"[dpo] {report.pairs} pairs ({report.summary() if hasattr(report, 'summary') else report}); "
-                f"loss={cfg.dpo.loss} beta={cfg.dpo.beta} mode={cfg.dpo.forward_mode} "
-                f"steps={self.total_steps} start={start} ref_cache={cache}"
-            )
 
-    def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        shares = split_for_rank(
-            self.order.rows(step), self.info.dp, self.info.dp_rank, self.cfg.train.micro_batch_size
-        )
-        return [self.build(idx) for idx in shares]
+    def collate(self, rows: list[int]) -> dict[str, Any]:
+        return self.build(rows)
 
     def step_metrics(self, result, micro) -> dict[str, Any]:
         timing = self.meter.measure(self.cfg.train.global_batch_size)
@@ -253,43 +221,14 @@ class DPOTrainer(SupervisedTrainer):
             "step_seconds": timing["step_seconds"],
         }
 
-    def finish(self, last: dict[str, Any]) -> dict[str, Any]:
-        summary: dict[str, Any] = {
-            **super().finish(last),
+    def summary(self) -> dict[str, Any]:
+        return {
             "pairs": len(self.pairs),
             "ref_cache_hit": self.ref_cache_hit,
             "forward_mode": self.cfg.dpo.forward_mode,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
-        if self.cfg.dpo.export_hf:
-            summary["hf_export"] = str(
-                export_hf(self.chunks, self.cfg.model, self.out_dir / "hf", tokenizer_dir=self.hf_source)
-            )
-        summary["last_metrics"] = last
-        return summary
 
 
 def train_dpo(cfg: DPORunConfig) -> dict[str, Any]:
     return DPOTrainer(cfg).run()
-
-
-def main(argv: list[str]) -> int:
-    """`megatron-tulu dpo [hydra overrides]` (run under torchrun for several ranks)."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(
-            main.__doc__ + "\n\nExample: megatron-tulu dpo preset=dpo_tulu3_8b model.hf_path=/ckpt/tulu3-sft"
-        )
-        return 0
-    summary = train_dpo(load_config(argv, config_name="dpo", schema=DPORunConfig))
-    if is_rank0():
-        import json
-
-        print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    from megatron_tulu.engine.gpu_stack import exit_on_cpu_stack
-
-    exit_on_cpu_stack()  # as `megatron-tulu` does: no CPU venv on a GPU node
-    sys.exit(main(sys.argv[1:]))

@@ -119,7 +119,9 @@ def value_model_config(cfg, arch: str, source: ValueSource) -> tuple[ModelConfig
     """The value model's architecture for the memory plan (None: no value model) and where it came
     from. A directory (local or cached) is read as setup reads it (``model_config_from_hf``); only a
     Hub id that setup would download is sized from its name."""
-    if arch == "none" or (arch == "auto" and cfg.rlvr.estimator == "grpo"):
+    from megatron_tulu.losses.estimators import get_estimator  # the estimator's needs, not its name
+
+    if arch == "none" or (arch == "auto" and not get_estimator(cfg.rlvr.estimator).needs_critic):
         return None, "none"
     if arch == "policy":
         return cfg.model, "the policy's architecture (--value-arch policy)"
@@ -300,8 +302,11 @@ def dry_run(args: argparse.Namespace, overrides: list[str]) -> int:
         roles = assign_roles(m, cfg.parallel, r, nodes=nodes, gpus_per_node=gpn)
         # the checks RLTrainer.setup makes: RL config, batch over DP / micro- / mini-batches
         micro = check_rl_plan(cfg, roles.dp)
+        from megatron_tulu.losses.estimators import get_estimator  # loaded by check_rl_plan
+
+        critic = get_estimator(o.estimator).needs_critic
         # the value model setup loads (GAE only): refused here when it cannot load there
-        source = locate_value_model(o.value_model) if o.estimator == "gae" else ValueSource(None, "policy")
+        source = locate_value_model(o.value_model) if critic else ValueSource(None, "policy")
         value, value_from = value_model_config(cfg, args.value_arch, source)
     except Exception as exc:
         if not is_user_error(exc):
@@ -314,7 +319,7 @@ def dry_run(args: argparse.Namespace, overrides: list[str]) -> int:
         f"  {rollouts} rollouts per step -> {rollouts // roles.dp} per learner DP rank = {micro} micro-batches "
         f"of {cfg.train.micro_batch_size}; {-(-rollouts // roles.num_engines)} prompts per engine"
     )
-    if o.estimator == "gae":
+    if critic:
         print(f"\nvalue model source: {source.describe()}")
     if value is not None:
         try:

@@ -97,9 +97,10 @@ def check_rl_batch(cfg: RLVRRunConfig, dp: int) -> int:
 def check_rl_plan(cfg: RLVRRunConfig, dp: int) -> int:
     """Every config check of an RLVR launch that needs no model: ``check_rl_config`` and
     :func:`check_rl_batch`. Returns the micro-batches per DP rank per step."""
-    from megatron_tulu.algorithms.rlvr import check_rl_config  # rlvr imports this module
+    from megatron_tulu.config.validate_rl import check_rl_config
+    from megatron_tulu.rewards.gsm8k import RULES
 
-    check_rl_config(cfg)
+    check_rl_config(cfg, RULES)
     return check_rl_batch(cfg, dp)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_tulu.algorithms.memory import count_params
 from megatron_tulu.config.schema import LoggingConfig, ModelConfig, RunConfig
 
 
@@ -96,15 +97,6 @@ def check_batch_geometry(global_batch: int, micro_batch: int, dp: int) -> int:
             f"{micro_batch}*{dp}; change train.global_batch_size or train.micro_batch_size"
         )
     return global_batch // (micro_batch * dp)
-
-
-def count_params(model_cfg: ModelConfig) -> int:
-    h, f, L, v = model_cfg.hidden_size, model_cfg.ffn_hidden_size, model_cfg.num_layers, model_cfg.vocab_size
-    kv = model_cfg.num_query_groups * model_cfg.kv_channels
-    q = model_cfg.num_attention_heads * model_cfg.kv_channels
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h
-    emb = v * h * (1 if model_cfg.tie_word_embeddings else 2)
-    return L * per_layer + emb + h
 
 
 def train_flops_per_token(model_cfg: ModelConfig, seq_len: int) -> float:

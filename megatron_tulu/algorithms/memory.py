@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 from megatron_tulu.config.schema import ModelConfig
 from megatron_tulu.config.validate import pipeline_stage_layers
+from megatron_tulu.dtypes import BYTES
 
 __all__ = [
     "GB",
@@ -60,6 +61,7 @@ __all__ = [
     "ModelMemory",
     "RECOMPUTE_MODES",
     "activation_bytes_per_layer",
+    "count_params",
     "estimate_engine_memory",
     "estimate_learner_memory",
     "format_memory_table",
@@ -68,7 +70,6 @@ __all__ = [
 
 GB = 1e9
 RECOMPUTE_MODES = ("none", "selective", "full")
-_DTYPE = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def _padded(v: int, multiple: int) -> int:
@@ -81,6 +82,16 @@ def _layer_params(m: ModelConfig) -> tuple[int, int]:
     q, kv = m.num_attention_heads * d, m.num_query_groups * d
     sharded = h * (q + 2 * kv) + q * h + 3 * h * m.ffn_hidden_size
     return sharded, 2 * h
+
+
+def count_params(m: ModelConfig, tp: int = 1, vocab: int | None = None) -> int:
+    """Parameters of the whole model on one of ``tp`` tensor-parallel ranks (norms replicated), with
+    ``vocab`` embedding / output rows (default: the unpadded vocabulary; one matrix when tied).
+    ``count_params(m)`` is the model's parameter count."""
+    sharded, repl = _layer_params(m)
+    rows = m.vocab_size if vocab is None else vocab
+    emb = rows * m.hidden_size // tp * (1 if m.tie_word_embeddings else 2)
+    return m.num_layers * (sharded // tp + repl) + emb + m.hidden_size
 
 
 def _layers_on_stage(num_layers: int, pp: int, stage: int) -> int:
@@ -268,9 +279,9 @@ def estimate_learner_memory(
         num_microbatches=num_microbatches if num_microbatches is not None else pp,
         sequence_parallel=sequence_parallel and tp > 1,
         recompute=recompute,
-        grad_bytes=_DTYPE[grad_dtype],
+        grad_bytes=BYTES[grad_dtype],
         distributed_optimizer=distributed_optimizer,
-        weight_bytes=_DTYPE[params_dtype],
+        weight_bytes=BYTES[params_dtype],
     )
     best: LearnerMemory | None = None
     totals = []
@@ -316,11 +327,7 @@ def estimate_engine_memory(
     """vLLM rank: weights / TP and the KV-cache budget left under ``gpu_memory_utilization``, plus
     the refit's receive buffers (``rollout.refit_receive_buffer_mb``, MiB) outside that budget."""
     m = model
-    sharded, repl = _layer_params(m)
-    vocab = _padded(m.vocab_size, 64)
-    emb = vocab * m.hidden_size // engine_tp * (1 if m.tie_word_embeddings else 2)
-    params = m.num_layers * (sharded // engine_tp + repl) + emb + m.hidden_size
-    weights = 2.0 * params
+    weights = 2.0 * count_params(m, engine_tp, vocab=_padded(m.vocab_size, 64))
     kv_heads = max(1, m.num_query_groups // engine_tp)
     per_token = 2 * m.num_layers * kv_heads * m.kv_channels * 2.0
     budget = gpu_memory_utilization * gpu_memory_gb * GB

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,39 +131,39 @@ def run_pipeline(argv: list[str]) -> dict[str, Any]:
         }
         summary = {"heldout": heldout, "stages": rows, "paired": paired}
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
-        print_table(rows)
-        for key, test in paired.items():
-            print(
-                f"{key}: {test['fixed']} held-out prompts fixed, {test['broken']} broken "
-                f"(net {test['net']:+d}; exact sign test p = {test['p_value']:.3g})"
-            )
+        print("\n" + format_results(summary))
+        print(format_minutes(rows))
         print(f"curves: {root / 'rlvr' / 'curves.png'}; summary: {root / 'summary.json'}")
     return rows
 
 
-def print_table(rows: dict[str, dict[str, float]]) -> None:
+TABLE_TITLE = "held-out verifiable results (greedy), after each stage"
+
+
+def format_results(summary: dict[str, Any]) -> str:
+    """The pipeline's result as printed: held-out metrics per stage and the paired comparisons.
+
+    Only what a seed determines is here (wall-clock minutes are printed apart, `format_minutes`),
+    so the text is the same on every run of one commit: README shows it, and
+    ``scripts/check_demo.py`` compares a run against the recorded one digit for digit.
+    """
+    rows = summary["stages"]
     keys = [
         k
         for k in next(iter(rows.values()))
-        if k.startswith(("accuracy/", "reward/")) or k in ("no_eos_share", "response_length", "minutes")
+        if k.startswith(("accuracy/", "reward/")) or k in ("no_eos_share", "response_length")
     ]
-    print("\nheld-out verifiable results (greedy), after each stage")
-    print(f"{'metric':<24}" + "".join(f"{s:>10}" for s in rows))
-    for k in keys:
-        print(f"{k:<24}" + "".join(f"{rows[s][k]:>10.3f}" for s in rows))
+    lines = [TABLE_TITLE, f"{'metric':<24}" + "".join(f"{s:>10}" for s in rows)]
+    lines += [f"{k:<24}" + "".join(f"{rows[s][k]:>10.3f}" for s in rows) for k in keys]
+    lines += [
+        f"{key}: {test['fixed']} held-out prompts fixed, {test['broken']} broken "
+        f"(net {test['net']:+d}; exact sign test p = {test['p_value']:.3g})"
+        for key, test in summary["paired"].items()
+    ]
+    return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    """`megatron-tulu pipeline [output_dir=DIR] [sft.|dpo.|rlvr.<override> ...]`: SFT -> DPO -> RLVR."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    run_pipeline(argv)
-    return 0
-
-
-if __name__ == "__main__":
-    from megatron_tulu.engine.gpu_stack import exit_on_cpu_stack
-
-    exit_on_cpu_stack()  # as `megatron-tulu` does: no CPU venv on a GPU node
-    sys.exit(main(sys.argv[1:]))
+def format_minutes(rows: dict[str, dict[str, float]]) -> str:
+    return "minutes per stage on this machine: " + ", ".join(
+        f"{name} {row['minutes']:.1f}" for name, row in rows.items()
+    )

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from megatron_tulu.algorithms.roles import RankRole, RoleAssignment, assign_roles
 from megatron_tulu.config.schema import RLVRRunConfig
@@ -135,6 +137,24 @@ class RLJob:
             alive=self.alive,
         )
 
+    def run(self, options: EngineOptions, learner: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """This rank's part of the job: an engine-only rank serves until the driver stops it (and
+        returns {}), a learner rank returns ``learner()``. A failure is told to the peers first."""
+        try:
+            if not self.role.is_learner:
+                self.run_engine_rank(options)
+                summary: dict[str, Any] = {}
+            else:
+                summary = learner()
+        except BaseException as exc:
+            if isinstance(exc, SystemExit) and exc.code == 128 + 15:
+                self.fail("stopped by SIGTERM (a launcher stops its node's ranks when one of them dies)")
+            else:
+                self.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        self.finish()
+        return summary
+
     def finish(self) -> None:
         if self.watchdog is not None:
             self.watchdog.finish()
@@ -149,6 +169,21 @@ class RLJob:
         me = f"rank {self.job.rank} ({describe_rank(self.roles, self.job.rank)})"
         if culprits:
             print(f"error: {culprits}; {me} stops: {reason[:300]}", file=sys.stderr, flush=True)
+
+
+def stop_rollouts(parts: dict[str, Any], service: ColocatedEngineThread | None) -> None:
+    """Close a learner rank's rollout ``parts`` in order (generation, the refit group, the engines),
+    each even when an earlier one fails (the first error is already raised), then wait for this
+    rank's colocated engine service, which ends on the driver's stop, and close its engine."""
+    for name, part in parts.items():
+        if part is not None:
+            try:
+                part.close()
+            except Exception as exc:  # keep closing the rest
+                print(f"[rlvr] closing {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if service is not None:
+        service.join(60)
+        service.engine.close()
 
 
 def start_rl_job(cfg: RLVRRunConfig, verbose: bool = True) -> RLJob:

@@ -4,8 +4,8 @@ An RLVR job is one world of ``nodes x gpus_per_node`` ranks split into two roles
 
 - **learner** ranks run the Megatron policy, reference and value models under the learner layout
   TP x PP x DP; coordinates follow Megatron-Core's default order (TP fastest, then DP, then PP):
-  ``learner rank = tp + TP * (dp + DP * pp)`` (the same formula as
-  :func:`megatron_tulu.rollout.bridge.layouts.learner_global_rank`);
+  ``learner rank = tp + TP * (dp + DP * pp)``
+  (:func:`megatron_tulu.config.validate.learner_global_rank`, which the refit planner uses too);
 - **engine** ranks run vLLM: ``num_engines`` engines of ``engine_tp`` ranks each.
 
 Placement ``dedicated`` (Tülu 3 §6.3): learners take global ranks ``0 .. L-1`` (so learner rank ==
@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig, RolloutConfig
-from megatron_tulu.config.validate import LayoutError, validate_layout
+from megatron_tulu.config.validate import LayoutError, learner_coords, learner_global_rank, validate_layout
 
 __all__ = [
     "EngineCoord",
@@ -125,7 +125,7 @@ class RoleAssignment:
 
     def learner_rank(self, tp: int, pp: int, dp: int) -> int:
         """Global rank of learner coordinates (Megatron order: TP fastest, then DP, then PP)."""
-        return self.learner_offset + tp + self.tp * (dp + self.dp * pp)
+        return self.learner_offset + learner_global_rank(tp, pp, dp, self.tp, self.dp)
 
     def engine_rank(self, engine: int, tp_rank: int) -> int:
         """Global rank (GPU) of TP rank ``tp_rank`` of engine ``engine``."""
@@ -341,9 +341,7 @@ def assign_roles(
     for rank in range(world):
         learner = engine = None
         if rank < learners:
-            rest, t = divmod(rank, parallel.tp)
-            p, d = divmod(rest, dp)
-            learner = LearnerCoord(t, p, d)
+            learner = LearnerCoord(*learner_coords(rank, parallel.tp, dp))
         if start <= rank < start + engine_gpus:
             e, n = divmod(rank - start, etp)
             engine = EngineCoord(e, n)

@@ -11,8 +11,6 @@ gradient does not depend on micro-batching, gradient accumulation, DP size or pa
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,29 +18,16 @@ from typing import Any
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from megatron_tulu.algorithms.loop import (
-    BatchOrder,
-    Throughput,
-    check_batch_geometry,
-    ensure_model_source,
-    is_rank0,
-    rank0_first,
-    save_config,
-    split_for_rank,
-)
-from megatron_tulu.algorithms.trainer import SupervisedTrainer
-from megatron_tulu.config.load import load_config
+from megatron_tulu.algorithms.loop import ensure_model_source, rank0_first
+from megatron_tulu.algorithms.trainer import SupervisedTrainer, build_trainable
 from megatron_tulu.config.schema import SFTRunConfig
 from megatron_tulu.data.packing import block_causal_mask, collate_rows, pack_examples, pad_batch
 from megatron_tulu.data.sft import load_sft_examples
 from megatron_tulu.data.tokenizer import load_tokenizer
-from megatron_tulu.engine.model import build_model, select_layer_spec
-from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
-from megatron_tulu.engine.parallel import init_parallel
-from megatron_tulu.engine.train_step import forward_batch, prepare_model_for_training
+from megatron_tulu.engine.model import select_layer_spec
+from megatron_tulu.engine.train_step import forward_batch
 from megatron_tulu.losses.lm import masked_token_loss
 from megatron_tulu.losses.vocab_parallel import TokenHead
-from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
 
 EMBEDDED_SFT = Path(__file__).resolve().parents[1] / "assets" / "data" / "sft.jsonl"
 
@@ -157,27 +142,13 @@ class SFTTrainer(SupervisedTrainer):
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.hf_source = ensure_model_source(cfg) if cfg.model.hf_path or cfg.model.name == "tiny" else None
-        if self.hf_source:
-            cfg.model = dataclasses.replace(model_config_from_hf(self.hf_source), name=cfg.model.name)
-        self.info = info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
-        save_config(cfg, self.out_dir)
+        self.start(ensure_model_source(cfg) if cfg.model.hf_path or cfg.model.name == "tiny" else None)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer or self.hf_source)
         self.rows, self.data_info = build_rows(cfg, self.tokenizer)
-        self.num_microbatches = check_batch_geometry(
-            cfg.train.global_batch_size, cfg.train.micro_batch_size, info.dp
+        self.plan_steps(len(self.rows), cfg.train.micro_batch_size)
+        self.chunks, self.optimizer, self.scheduler = build_trainable(
+            cfg, self.total_steps, hf_source=self.hf_source
         )
-        self.micro_batch_rows = cfg.train.micro_batch_size
-        self.order = BatchOrder(len(self.rows), cfg.train.global_batch_size, cfg.train.seed)
-        per_run = self.order.steps_per_epoch * cfg.sft.epochs
-        self.total_steps = min(cfg.train.train_iters, per_run) if cfg.train.train_iters > 0 else per_run
-
-        self.chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
-        if self.hf_source:
-            load_hf_weights(self.chunks, cfg.model, self.hf_source)
-        self.optimizer = build_optimizer(self.chunks, cfg.optimizer, cfg.parallel, cfg.precision)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, self.total_steps)
-        prepare_model_for_training(self.chunks, self.optimizer)
         _, impl = select_layer_spec(cfg.precision)
         self.forward_step = make_forward_step(
             cfg.model.vocab_size,
@@ -188,27 +159,15 @@ class SFTTrainer(SupervisedTrainer):
         )
         self.fixed_len = cfg.train.seq_length if cfg.parallel.pp > 1 else None  # p2p shapes must be static
 
-    def before_steps(self, start: int) -> None:
-        cfg = self.cfg
-        self.meter = Throughput(
-            cfg.model, cfg.train.seq_length, self.info.world_size, cfg.logging.peak_tflops
+    def describe(self, start: int) -> str:
+        d = self.data_info
+        return (
+            f"{d['data_report']}; rows={d['rows']} "
+            f"packing_efficiency={d.get('packing_efficiency', 'n/a')} steps={self.total_steps} start={start}"
         )
-        if is_rank0():
-            d = self.data_info
-            print(
-                f"[sft] {d['data_report']}; rows={d['rows']} "
-                f"packing_efficiency={d.get('packing_efficiency', 'n/a')} steps={self.total_steps} start={start}"
-            )
 
-    def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        shares = split_for_rank(
-            self.order.rows(step), self.info.dp, self.info.dp_rank, cfg.train.micro_batch_size
-        )
-        return [
-            collate(self.rows, idx, cfg.data.packing, self.data_info["pad_id"], self.fixed_len)
-            for idx in shares
-        ]
+    def collate(self, rows: list[int]) -> dict[str, Any]:
+        return collate(self.rows, rows, self.cfg.data.packing, self.data_info["pad_id"], self.fixed_len)
 
     def step_metrics(self, result, micro) -> dict[str, Any]:
         non_pad = sum(int((b["document_ids"] >= 0).sum()) for b in micro) * self.info.dp
@@ -219,39 +178,9 @@ class SFTTrainer(SupervisedTrainer):
             **self.meter.measure(non_pad),
         }
 
-    def finish(self, last: dict[str, Any]) -> dict[str, Any]:
-        summary = {**super().finish(last), **{k: v for k, v in self.data_info.items() if k != "pad_id"}}
-        if self.cfg.sft.export_hf:
-            summary["hf_export"] = str(
-                export_hf(self.chunks, self.cfg.model, self.out_dir / "hf", tokenizer_dir=self.hf_source)
-            )
-        summary["last_metrics"] = last
-        return summary
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.data_info.items() if k != "pad_id"}
 
 
 def train_sft(cfg: SFTRunConfig) -> dict[str, Any]:
     return SFTTrainer(cfg).run()
-
-
-def main(argv: list[str]) -> int:
-    """`megatron-tulu sft [hydra overrides]` (run under torchrun for several ranks)."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(
-            main.__doc__
-            + "\n\nExample: megatron-tulu sft preset=sft_tulu3_8b model=llama3.1_8b model.hf_path=/ckpt/llama"
-        )
-        return 0
-    cfg = load_config(argv, config_name="sft", schema=SFTRunConfig)
-    summary = train_sft(cfg)
-    if is_rank0():
-        import json
-
-        print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    from megatron_tulu.engine.gpu_stack import exit_on_cpu_stack
-
-    exit_on_cpu_stack()  # as `megatron-tulu` does: no CPU venv on a GPU node
-    sys.exit(main(sys.argv[1:]))

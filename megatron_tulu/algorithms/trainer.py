@@ -13,9 +13,11 @@
         return finish(row)        the run summary (HF export, plots)
     close()                       always, error or not: trainer resources, then the process groups
 
-A trainer defines ``setup``, ``checkpoint_parts`` and ``run_step``; the rest has defaults. One
-checkpoint holds every part (SFT/DPO: the model; RL: policy and value) plus ``checkpoint_extra``
-(RL: the pending asynchronous batch), committed together by ``save_checkpoint``.
+A trainer defines ``setup``, ``checkpoint_parts`` and ``run_step``; the rest has defaults. Every
+trainer's ``setup`` builds its models with :func:`build_trainable` (model, weights, optimizer,
+scheduler, in that order); RL's actor and critic are :class:`TrainedModel` s and its steps time their
+:class:`Phases`. One checkpoint holds every part (SFT/DPO: the model; RL: policy and value) plus
+``checkpoint_extra`` (RL: the pending asynchronous batch), committed together by ``save_checkpoint``.
 
 A stop request (the run's ``stop_request`` file, SIGUSR1, or a first SIGTERM during the steps;
 :mod:`megatron_tulu.engine.stop_request`) is decided collectively at each step boundary: every rank
@@ -28,12 +30,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from megatron_tulu.algorithms.loop import MetricsLogger, is_rank0
+from megatron_tulu.algorithms.loop import (
+    BatchOrder,
+    MetricsLogger,
+    Throughput,
+    check_batch_geometry,
+    is_rank0,
+    save_config,
+    split_for_rank,
+)
 from megatron_tulu.engine.checkpoint import (
     Part,
     find_latest,
@@ -42,8 +56,93 @@ from megatron_tulu.engine.checkpoint import (
     save_checkpoint,
 )
 from megatron_tulu.engine.faults import crash_point, signal_point
+from megatron_tulu.engine.model import build_model
+from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
+from megatron_tulu.engine.parallel import init_parallel
 from megatron_tulu.engine.stop_request import StopRequest, catch_usr1
-from megatron_tulu.engine.train_step import StepResult, batch_seq_length, train_step
+from megatron_tulu.engine.train_step import (
+    StepResult,
+    batch_seq_length,
+    prepare_model_for_training,
+    train_step,
+)
+from megatron_tulu.models.hf_io import export_hf, load_hf_weights, model_config_from_hf
+
+
+def build_trainable(
+    cfg: Any,
+    total_steps: int,
+    *,
+    hf_source: str | None = None,
+    chunks: list[torch.nn.Module] | None = None,
+    optimizer_cfg: Any = None,
+    before_optimizer: Callable[[list[torch.nn.Module]], None] | None = None,
+) -> tuple[list[torch.nn.Module], Any, Any]:
+    """The one model set-up of every trainer: the model (``cfg.model`` in ``cfg.parallel``, or the
+    given ``chunks``) with the weights of ``hf_source`` when one is given, then
+    ``before_optimizer(chunks)`` (what must run on the loaded weights before the optimizer exists:
+    DPO's reference cache, RL's frozen reference), the optimizer (``optimizer_cfg``, default
+    ``cfg.optimizer``) and its scheduler over ``total_steps``, and the model prepared for training.
+    Returns ``(chunks, optimizer, scheduler)``."""
+    if chunks is None:
+        chunks = build_model(cfg.model, cfg.parallel, cfg.precision)
+    if hf_source:
+        load_hf_weights(chunks, cfg.model, hf_source)
+    if before_optimizer is not None:
+        before_optimizer(chunks)
+    optimizer_cfg = cfg.optimizer if optimizer_cfg is None else optimizer_cfg
+    optimizer = build_optimizer(chunks, optimizer_cfg, cfg.parallel, cfg.precision)
+    scheduler = build_scheduler(optimizer, optimizer_cfg, total_steps)
+    prepare_model_for_training(chunks, optimizer)
+    return chunks, optimizer, scheduler
+
+
+@dataclass
+class TrainedModel:
+    """A model in training: its chunks, optimizer and scheduler (one checkpoint part, :attr:`part`)."""
+
+    chunks: list[torch.nn.Module]
+    optimizer: Any
+    scheduler: Any
+
+    @property
+    def part(self) -> Part:
+        return self.chunks, self.optimizer, self.scheduler
+
+    def optimizer_step(
+        self, forward_step: Any, micro: list[dict[str, Any]], seq: int, micro_batch_size: int, prefix: str
+    ) -> dict[str, float]:
+        """One optimizer step over the micro-batches ``micro``: their metrics and ``<prefix>/grad_norm``."""
+        res = train_step(
+            forward_step,
+            iter(micro),
+            self.chunks,
+            self.optimizer,
+            self.scheduler,
+            num_microbatches=len(micro),
+            seq_length=seq,
+            micro_batch_size=micro_batch_size,
+        )
+        return {**res.metrics, f"{prefix}/grad_norm": res.grad_norm or 0.0}
+
+
+class Phases:
+    """Named, timed phases of one step; their seconds land in the step's metrics as
+    ``time/<phase>``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}": v for k, v in self.seconds.items()}
 
 
 class Trainer:
@@ -59,6 +158,7 @@ class Trainer:
         self.logger: MetricsLogger | None = None
         self.stop = StopRequest(self.out_dir)
         self.stopped: dict[str, Any] | None = None  # set when a stop request ended the steps
+        self.hf_source: str | None = None  # the HF directory the model starts from (and exports with)
 
     # ---------------------------------------------------------------- defined by each trainer
     def setup(self) -> None:
@@ -89,6 +189,10 @@ class Trainer:
     def finish(self, last: dict[str, Any]) -> dict[str, Any]:
         """The run summary, after the final checkpoint."""
         return {"steps": self.total_steps, "final_checkpoint": str(find_latest(self.ckpt_root))}
+
+    def export(self, chunks: list[torch.nn.Module]) -> str:
+        """The trained model as an HF directory (``<output_dir>/hf``, the tokenizer of ``hf_source``)."""
+        return str(export_hf(chunks, self.cfg.model, self.out_dir / "hf", tokenizer_dir=self.hf_source))
 
     def close(self) -> None:
         """Release what ``setup`` started; runs after an error too."""
@@ -177,10 +281,12 @@ class Trainer:
 class SupervisedTrainer(Trainer):
     """SFT and DPO: one model; each step is one optimizer step over ``micro_batches(step)``.
 
-    ``setup`` sets ``chunks``, ``optimizer``, ``scheduler``, ``forward_step`` (Megatron's
-    ``forward_step(data_iterator, model) -> (output, loss_func)``), ``num_microbatches`` and
-    ``total_steps``; ``micro_batch_rows`` is the batch rows of the activation a pipeline stage
-    sends (DPO's concatenated mode sends two rows per pair)."""
+    ``setup`` calls :meth:`start` (parallel state, config), :meth:`plan_steps` (batch geometry, order,
+    ``total_steps``) and :func:`build_trainable` (``chunks``, ``optimizer``, ``scheduler``), and sets
+    ``forward_step`` (Megatron's ``forward_step(data_iterator, model) -> (output, loss_func)``);
+    ``collate(rows)`` makes one micro-batch of dataset rows. ``micro_batch_rows`` is the batch rows of
+    the activation a pipeline stage sends (DPO's concatenated mode sends two rows per pair). The
+    config section named like the trainer (``cfg.sft``, ``cfg.dpo``) holds ``epochs`` and ``export_hf``."""
 
     chunks: list[torch.nn.Module]
     optimizer: Any
@@ -189,9 +295,58 @@ class SupervisedTrainer(Trainer):
     num_microbatches: int
     micro_batch_rows: int
 
+    def start(self, hf_source: str | None) -> None:
+        """The model's architecture from ``hf_source`` (when given), parallel state, the saved config."""
+        cfg = self.cfg
+        self.hf_source = hf_source
+        if hf_source:
+            cfg.model = dataclasses.replace(model_config_from_hf(hf_source), name=cfg.model.name)
+        self.info = init_parallel(cfg.model, cfg.parallel, seed=cfg.train.seed)
+        save_config(cfg, self.out_dir)
+
+    def plan_steps(self, rows: int, micro_batch_rows: int) -> None:
+        """Micro-batches per step, the seeded batch order over ``rows`` dataset rows and the steps:
+        ``<section>.epochs`` of them, at most ``train.train_iters`` when that is set."""
+        tr = self.cfg.train
+        self.num_microbatches = check_batch_geometry(tr.global_batch_size, tr.micro_batch_size, self.info.dp)
+        self.micro_batch_rows = micro_batch_rows
+        self.order = BatchOrder(rows, tr.global_batch_size, tr.seed)
+        per_run = self.order.steps_per_epoch * getattr(self.cfg, self.name).epochs
+        self.total_steps = min(tr.train_iters, per_run) if tr.train_iters > 0 else per_run
+
+    def collate(self, rows: list[int]) -> dict[str, Any]:
+        """One micro-batch of the dataset rows ``rows``."""
+        raise NotImplementedError
+
     def micro_batches(self, step: int) -> list[dict[str, Any]]:
         """This rank's micro-batches of global batch ``step``."""
-        raise NotImplementedError
+        shares = split_for_rank(
+            self.order.rows(step), self.info.dp, self.info.dp_rank, self.cfg.train.micro_batch_size
+        )
+        return [self.collate(idx) for idx in shares]
+
+    def before_steps(self, start: int) -> None:
+        cfg = self.cfg
+        self.meter = Throughput(
+            cfg.model, cfg.train.seq_length, self.info.world_size, cfg.logging.peak_tflops
+        )
+        if is_rank0():
+            print(f"[{self.name}] {self.describe(start)}")
+
+    def describe(self, start: int) -> str:
+        """The data, settings and steps of the run (from step ``start``), printed once before them."""
+        return f"steps={self.total_steps} start={start}"
+
+    def summary(self) -> dict[str, Any]:
+        """What the run summary adds to the steps and the final checkpoint."""
+        return {}
+
+    def finish(self, last: dict[str, Any]) -> dict[str, Any]:
+        summary = {**super().finish(last), **self.summary()}
+        if getattr(self.cfg, self.name).export_hf:
+            summary["hf_export"] = self.export(self.chunks)
+        summary["last_metrics"] = last
+        return summary
 
     def step_metrics(self, result: StepResult, micro: list[dict[str, Any]]) -> dict[str, Any]:
         """The logged row of a step (loss, throughput) from its result and micro-batches."""

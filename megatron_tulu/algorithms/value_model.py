@@ -8,16 +8,18 @@ and Megatron's grad-norm treats the head as a TP duplicate. Initialised from a r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.models.gpt import GPTModel
 
-from megatron_tulu.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
+from megatron_tulu.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RLVRRunConfig
+from megatron_tulu.config.validate import validate_layout
 from megatron_tulu.engine.model import build_model, unwrap
 from megatron_tulu.engine.optimizer import uses_distributed_optimizer
-from megatron_tulu.models.hf_io import SafetensorsReader, load_hf_weights
+from megatron_tulu.models.hf_io import SafetensorsReader, load_hf_weights, model_config_from_hf
 
 
 class ScalarHead(torch.nn.Module):
@@ -68,3 +70,29 @@ def build_value_model(
         DistributedDataParallel(config=tcfg, ddp_config=ddp_cfg, module=c, disable_bucketing=i > 0)
         for i, c in enumerate(chunks)
     ]
+
+
+def value_model_config(cfg: RLVRRunConfig) -> ModelConfig:
+    """The value model's own architecture: the reward model's of ``rlvr.value_model`` (Tülu 3 405B:
+    an 8B reward model), else the policy's."""
+    rl = cfg.rlvr
+    return (
+        dataclasses.replace(model_config_from_hf(rl.value_model), name="value")
+        if rl.value_model
+        else cfg.model
+    )
+
+
+def build_critic_model(cfg: RLVRRunConfig, world_size: int, hf_source: str) -> list[torch.nn.Module]:
+    """The RL run's value model (:func:`value_model_config`) in the learners' layout: a layer count
+    PP does not divide gets Megatron's uneven first/last stages."""
+    vmodel = value_model_config(cfg)
+    validate_layout(vmodel, cfg.parallel, world_size, uneven_stages=True)
+    return build_value_model(
+        vmodel,
+        cfg.parallel,
+        cfg.precision,
+        backbone_hf=hf_source,
+        reward_model_hf=cfg.rlvr.value_model,
+        seed=cfg.train.seed,
+    )

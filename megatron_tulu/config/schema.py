@@ -149,6 +149,14 @@ class LoggingConfig:
 
 
 @dataclass
+class TrainingRunConfig(RunConfig):
+    """The root config of a training run (SFT, DPO, RLVR): the common one plus its data and logging."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+@dataclass
 class SFTOptions:
     loss_reduction: str = "sum"  # sum (Tülu 3: sum over tokens / sequences in the batch) | mean (token mean)
     epochs: int = 2
@@ -156,9 +164,7 @@ class SFTOptions:
 
 
 @dataclass
-class SFTRunConfig(RunConfig):
-    data: DataConfig = field(default_factory=DataConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+class SFTRunConfig(TrainingRunConfig):
     sft: SFTOptions = field(default_factory=SFTOptions)
 
 
@@ -175,9 +181,7 @@ class DPOOptions:
 
 
 @dataclass
-class DPORunConfig(RunConfig):
-    data: DataConfig = field(default_factory=DataConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+class DPORunConfig(TrainingRunConfig):
     dpo: DPOOptions = field(default_factory=DPOOptions)
 
 
@@ -278,8 +282,6 @@ class RLVROptions:
 
 
 @dataclass
-class RLVRRunConfig(RunConfig):
-    data: DataConfig = field(default_factory=DataConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+class RLVRRunConfig(TrainingRunConfig):
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rlvr: RLVROptions = field(default_factory=RLVROptions)

@@ -10,8 +10,19 @@ from megatron.core.transformer import TransformerConfig
 
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_tulu.config.validate import uneven_stage_overrides
+from megatron_tulu.dtypes import SHORT_NAMES, torch_dtype
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+def megatron_parallel_sizes(parallel: ParallelConfig) -> dict[str, int | None]:
+    """Our layout in Megatron-Core's names, which ``TransformerConfig`` and
+    ``parallel_state.initialize_model_parallel`` share."""
+    return {
+        "tensor_model_parallel_size": parallel.tp,
+        "pipeline_model_parallel_size": parallel.pp,
+        "virtual_pipeline_model_parallel_size": parallel.vpp,
+        "context_parallel_size": parallel.cp,
+        "expert_model_parallel_size": parallel.ep,
+    }
 
 
 def to_transformer_config(
@@ -31,11 +42,11 @@ def to_transformer_config(
     (sum, denominator) and ``finalize_model_grads`` divides by the global denominator, which makes
     gradients independent of the micro-batch / DP split.
     """
-    if precision.params_dtype not in DTYPES:
+    if precision.params_dtype not in SHORT_NAMES:
         raise ValueError(
-            f"precision.params_dtype must be one of {sorted(DTYPES)}, got {precision.params_dtype!r}"
+            f"precision.params_dtype must be one of {sorted(SHORT_NAMES)}, got {precision.params_dtype!r}"
         )
-    dtype = DTYPES[precision.params_dtype]
+    dtype = torch_dtype(precision.params_dtype)
     kwargs: dict[str, Any] = dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -56,14 +67,10 @@ def to_transformer_config(
         pipeline_dtype=dtype,
         bf16=dtype is torch.bfloat16,
         fp16=dtype is torch.float16,
-        tensor_model_parallel_size=parallel.tp,
-        pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=parallel.vpp,
+        **megatron_parallel_sizes(parallel),
         # a layer count PP does not divide (an RL value model in the policy's layout): Megatron's
         # first/last-stage counts, validated by validate_layout(..., uneven_stages=True)
         **uneven_stage_overrides(model.num_layers, parallel.pp, parallel.vpp),
-        context_parallel_size=parallel.cp,
-        expert_model_parallel_size=parallel.ep,
         sequence_parallel=parallel.sequence_parallel,
         use_cpu_initialization=not on_cuda,
         calculate_per_token_loss=True,

@@ -1,4 +1,4 @@
-"""Layout checks that run before any process group exists.
+"""Layout checks that run before any process group exists, and the learner rank order they imply.
 
 Every message says what to change, because users meet these errors at job launch on Slurm.
 """
@@ -88,6 +88,22 @@ def uneven_stage_overrides(num_layers: int, pp: int, vpp: int | None = None) -> 
     if len(set(layers)) == 1:
         return {}
     return {"num_layers_in_first_pipeline_stage": layers[0], "num_layers_in_last_pipeline_stage": layers[-1]}
+
+
+def learner_global_rank(tp_rank: int, pp_rank: int, dp_rank: int, tp: int, dp: int) -> int:
+    """Rank of a learner within the learner ranks: the one place that encodes Megatron's rank order.
+
+    Megatron-Core's default order ``"tp-cp-ep-dp-pp"`` (fastest-varying first) with cp = ep = 1:
+    ``rank = tp_rank + tp * (dp_rank + dp * pp_rank)``.
+    """
+    return tp_rank + tp * (dp_rank + dp * pp_rank)
+
+
+def learner_coords(rank: int, tp: int, dp: int) -> tuple[int, int, int]:
+    """Inverse of :func:`learner_global_rank`: ``(tp_rank, pp_rank, dp_rank)``."""
+    rest, tp_rank = divmod(rank, tp)
+    pp_rank, dp_rank = divmod(rest, dp)
+    return tp_rank, pp_rank, dp_rank
 
 
 def validate_layout(

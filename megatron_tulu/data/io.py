@@ -1,6 +1,7 @@
 """Reading training rows, reporting bad ones, and caching tokenized datasets.
 
-Every loader in ``megatron_tulu.data`` reads rows through ``read_rows`` and handles a bad row the same way:
+Every loader in ``megatron_tulu.data`` reads rows through ``read_rows`` (the SFT, preference and RLVR
+loaders through ``data/loading.py``, which adds their row parsers) and handles a bad row the same way:
 
 * ``skip_bad=False`` (default): the first bad row raises ``DataError("<location>: <reason>")``, where the
   location is ``"file.jsonl:LINE"`` (1-based line) or ``"dataset_dir[INDEX]"`` for an HF dataset saved
@@ -25,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tulu.data.chat_template import ROLES
+from megatron_tulu.jsonl import JsonlLineError, jsonl_lines
 
-# Reasons a row is rejected; SkipReport counts by these keys.
-INVALID_UTF8 = "invalid_utf8"
-INVALID_JSON = "invalid_json"
+# Reasons a row is rejected; SkipReport counts by these keys (and jsonl.INVALID_UTF8 / INVALID_JSON).
 NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
@@ -95,35 +95,19 @@ def reject(location: str, error: RowError, skip: SkipReport | None) -> None:
 
 
 def _iter_jsonl(path: Path, skip: SkipReport | None) -> Iterator[tuple[str, Any]]:
-    # Read bytes and decode line by line: a text-mode read would fail on the first bad byte without
-    # saying which line it is on, and errors="replace" would train on mojibake.
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            location = f"{path}:{lineno}"
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                reject(location, RowError(INVALID_UTF8, f"invalid UTF-8 at byte {e.start} of the line"), skip)
-                continue
-            try:
-                # Without its line ending, so that an error at the end of a truncated line reports
-                # that line's last column (with the "\n" json reports "line 2 column 1").
-                row = json.loads(text.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                reject(location, RowError(INVALID_JSON, f"invalid JSON: {e.msg} at column {e.colno}"), skip)
-                continue
-            if not isinstance(row, dict):
-                reject(
-                    location,
-                    RowError(NOT_AN_OBJECT, f"row must be a JSON object, got {type(row).__name__}"),
-                    skip,
-                )
-                continue
-            yield location, row
+    for lineno, _, row in jsonl_lines(path):
+        location = f"{path}:{lineno}"
+        if isinstance(row, JsonlLineError):
+            reject(location, RowError(row.kind, str(row)), skip)
+            continue
+        if not isinstance(row, dict):
+            reject(
+                location,
+                RowError(NOT_AN_OBJECT, f"row must be a JSON object, got {type(row).__name__}"),
+                skip,
+            )
+            continue
+        yield location, row
 
 
 # Files ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write next to the data.

@@ -19,8 +19,7 @@ scores); a pair whose longer reply leaves no room for even one prompt token is d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from megatron_tulu.data.chat_template import IGNORE_INDEX, tokenize_chat
@@ -32,18 +31,10 @@ from megatron_tulu.data.io import (
     WRONG_TYPE,
     PathLike,
     RowError,
-    SkipReport,
-    as_path_list,
-    cached_map,
     check_messages,
-    check_not_all_skipped,
-    data_fingerprint,
-    read_rows,
-    reject,
 )
+from megatron_tulu.data.loading import LoadReport, TokenizingLoader
 from megatron_tulu.data.packing import build_row, collate_rows
-
-_CACHE_VERSION = 1
 
 
 @dataclass
@@ -60,22 +51,17 @@ class PrefExample:
 
 
 @dataclass
-class PreferenceReport:
+class PreferenceReport(LoadReport):
     """What ``load_preference_examples`` did with the rows it read."""
 
-    rows: int = 0  # valid rows tokenized
     pairs: int = 0  # pairs returned
     prompt_truncated: int = 0  # prompt cut from the left to fit max_seq_len
     dropped_too_long: int = 0  # a reply (plus one prompt token) alone exceeds max_seq_len
-    skipped: SkipReport = field(default_factory=SkipReport)
-    cache_hit: bool = False
-    cache_file: Path | None = None
 
     def summary(self) -> str:
         return (
             f"{self.pairs} preference pairs from {self.rows} valid rows; {self.prompt_truncated} prompts "
-            f"truncated, {self.dropped_too_long} pairs dropped as too long; {self.skipped.summary()}; "
-            f"cache {'hit' if self.cache_hit else 'miss'}"
+            f"truncated, {self.dropped_too_long} pairs dropped as too long; {self.skips_and_cache()}"
         )
 
 
@@ -181,6 +167,18 @@ def _tokenize_pairs(batch: dict[str, list[Any]], tokenizer: Any, max_seq_len: in
     return out
 
 
+# kind, parser, record, tokenizer batch, version (bump it when the tokenized output for the same
+# inputs changes, so stale caches are not reused), progress label
+_LOADER = TokenizingLoader(
+    "preference",
+    parse_preference_row,
+    lambda parsed: dict(zip(("prefix", "chosen", "rejected"), parsed)),
+    _tokenize_pairs,
+    1,
+    "Tokenizing preference pairs",
+)
+
+
 def load_preference_examples(
     paths: PathLike | Sequence[PathLike],
     tokenizer: Any,
@@ -192,42 +190,15 @@ def load_preference_examples(
     """Load, validate and tokenize preference pairs (see the module docstring for row layouts)."""
     if max_seq_len <= 1:
         raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
-    path_list = as_path_list(paths)
     report = PreferenceReport()
-    skip = report.skipped if skip_bad else None
-
-    records: list[dict[str, Any]] = []
-    meta: list[tuple[str, str | None]] = []
-    for path in path_list:
-        for location, row in read_rows(path, skip):
-            try:
-                prefix, chosen, rejected = parse_preference_row(row)
-            except RowError as e:
-                reject(location, e, skip)
-                continue
-            records.append({"prefix": prefix, "chosen": chosen, "rejected": rejected})
-            meta.append((location, None if row.get("id") is None else str(row["id"])))
-    report.rows = len(records)
-    check_not_all_skipped(path_list, len(records), skip)
-    if not records:
+    rows, cols = _LOADER.load(
+        paths, tokenizer, {"max_seq_len": max_seq_len}, report, skip_bad, cache_dir, num_proc
+    )
+    if not rows:
         return [], report
 
-    fingerprint = data_fingerprint(
-        "preference", path_list, tokenizer, {"max_seq_len": max_seq_len, "v": _CACHE_VERSION}
-    )
-    ds, report.cache_hit, report.cache_file = cached_map(
-        records,
-        _tokenize_pairs,
-        {"tokenizer": tokenizer, "max_seq_len": max_seq_len},
-        fingerprint,
-        cache_dir,
-        "preference",
-        num_proc=num_proc,
-        desc="Tokenizing preference pairs",
-    )
-    cols = {name: ds.data.column(name).to_pylist() for name in ds.column_names}
     pairs: list[PrefExample] = []
-    for i, (location, row_id) in enumerate(meta):
+    for i, row in enumerate(rows):
         status = cols["status"][i]
         if status == "dropped":
             report.dropped_too_long += 1
@@ -241,8 +212,8 @@ def load_preference_examples(
                 cols["rejected_input_ids"][i],
                 cols["rejected_labels"][i],
                 cols["prompt_len"][i],
-                location,
-                row_id,
+                row.location,
+                row.id,
             )
         )
     report.pairs = len(pairs)

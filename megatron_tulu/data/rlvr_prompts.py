@@ -21,18 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from megatron_tulu.data.chat_template import render_tulu
-from megatron_tulu.data.io import (
-    MISSING_FIELD,
-    WRONG_TYPE,
-    PathLike,
-    RowError,
-    SkipReport,
-    as_path_list,
-    check_messages,
-    check_not_all_skipped,
-    read_rows,
-    reject,
-)
+from megatron_tulu.data.io import MISSING_FIELD, WRONG_TYPE, PathLike, RowError, SkipReport, check_messages
+from megatron_tulu.data.loading import parse_rows
 
 LAST_NOT_USER = "last_not_user"
 UNKNOWN_DATASET = "unknown_dataset"
@@ -83,25 +73,13 @@ def load_rlvr_prompts(
     """
     if max_prompt_len <= 0:
         raise ValueError(f"max_prompt_len must be positive, got {max_prompt_len}")
-    paths = as_path_list(files)
     report = (skip if skip is not None else SkipReport()) if skip_bad else None
     prompts: list[dict[str, Any]] = []
-    for path in paths:
-        for location, row in read_rows(path, report):
-            try:
-                messages, ground_truth, dataset = parse_rlvr_row(row)
-            except RowError as exc:
-                reject(location, exc, report)
-                continue
-            text = render_tulu(messages, add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_len:]
-            prompts.append(
-                {
-                    "ids": ids,
-                    "ground_truth": ground_truth,
-                    "dataset": dataset,
-                    "prompt": messages[-1]["content"],
-                }
-            )
-    check_not_all_skipped(paths, len(prompts), report)
+    for row in parse_rows(files, parse_rlvr_row, report):
+        messages, ground_truth, dataset = row.value
+        text = render_tulu(messages, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_len:]
+        prompts.append(
+            {"ids": ids, "ground_truth": ground_truth, "dataset": dataset, "prompt": messages[-1]["content"]}
+        )
     return prompts

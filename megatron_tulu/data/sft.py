@@ -4,7 +4,7 @@
 from JSONL files or saved HF datasets, validates them (bad rows raise ``DataError`` naming file and line,
 or are counted with ``skip_bad=True``), tokenizes with ``tokenize_chat`` (labels only on assistant
 content and each assistant EOS), truncates to ``max_seq_len`` and drops examples left with no label, as
-the Tülu 3 SFT code does. Tokenization goes through the ``datasets`` cache (see ``io.cached_map``).
+the Tülu 3 SFT code does. Tokenization goes through the ``datasets`` cache (see ``io.tokenize_cached``).
 
 Labels here are per-token (``labels[i]`` is ``input_ids[i]`` or ``IGNORE_INDEX``); ``packing.shift_labels``
 turns them into next-token targets.
@@ -13,27 +13,12 @@ turns them into next-token targets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from megatron_tulu.data.chat_template import IGNORE_INDEX, has_trainable_labels, tokenize_chat
-from megatron_tulu.data.io import (
-    MISSING_FIELD,
-    PathLike,
-    RowError,
-    SkipReport,
-    as_path_list,
-    cached_map,
-    check_messages,
-    check_not_all_skipped,
-    data_fingerprint,
-    read_rows,
-    reject,
-)
-
-# Bump when the tokenized output for the same inputs changes, so stale caches are not reused.
-_CACHE_VERSION = 1
+from megatron_tulu.data.io import MISSING_FIELD, PathLike, RowError, check_messages
+from megatron_tulu.data.loading import LoadReport, TokenizingLoader
 
 
 @dataclass
@@ -50,26 +35,21 @@ class Example:
 
 
 @dataclass
-class SftReport:
+class SftReport(LoadReport):
     """What ``load_sft_examples`` did with the rows it read."""
 
-    rows: int = 0  # valid rows tokenized
     examples: int = 0  # examples returned
     truncated: int = 0  # kept, but cut to max_seq_len on the right
     dropped_too_long: int = 0  # over max_seq_len with truncate="drop"
     dropped_no_labels: int = 0  # no trainable label left after truncation
     tokens: int = 0
     label_tokens: int = 0
-    skipped: SkipReport = field(default_factory=SkipReport)
-    cache_hit: bool = False
-    cache_file: Path | None = None
 
     def summary(self) -> str:
         return (
             f"{self.examples} SFT examples from {self.rows} valid rows ({self.tokens} tokens, "
             f"{self.label_tokens} trained); truncated {self.truncated}, dropped {self.dropped_too_long} too long "
-            f"and {self.dropped_no_labels} with no label left; {self.skipped.summary()}; "
-            f"cache {'hit' if self.cache_hit else 'miss'}"
+            f"and {self.dropped_no_labels} with no label left; {self.skips_and_cache()}"
         )
 
 
@@ -96,6 +76,13 @@ def _tokenize_batch(
     return out
 
 
+# kind, parser, record, tokenizer batch, version (bump it when the tokenized output for the same
+# inputs changes, so stale caches are not reused), progress label
+_LOADER = TokenizingLoader(
+    "sft", parse_sft_row, lambda messages: {"messages": messages}, _tokenize_batch, 1, "Tokenizing SFT"
+)
+
+
 def load_sft_examples(
     paths: PathLike | Sequence[PathLike],
     tokenizer: Any,
@@ -116,50 +103,21 @@ def load_sft_examples(
         raise ValueError(f"max_seq_len must be positive, got {max_seq_len}")
     if truncate not in ("right", "drop"):
         raise ValueError(f"truncate must be 'right' or 'drop', got {truncate!r}")
-    path_list = as_path_list(paths)
     report = SftReport()
-    skip = report.skipped if skip_bad else None
-
-    records: list[dict[str, Any]] = []
-    meta: list[tuple[str, str | None]] = []
-    for path in path_list:
-        for location, row in read_rows(path, skip):
-            try:
-                messages = parse_sft_row(row)
-            except RowError as e:
-                reject(location, e, skip)
-                continue
-            records.append({"messages": messages})
-            meta.append((location, None if row.get("id") is None else str(row["id"])))
-    report.rows = len(records)
-    check_not_all_skipped(path_list, len(records), skip)
-    if not records:
+    rows, columns = _LOADER.load(
+        paths,
+        tokenizer,
+        {"max_seq_len": max_seq_len, "truncate": truncate},
+        report,
+        skip_bad,
+        cache_dir,
+        num_proc,
+    )
+    if not rows:
         return [], report
 
-    fingerprint = data_fingerprint(
-        "sft",
-        path_list,
-        tokenizer,
-        {"max_seq_len": max_seq_len, "truncate": truncate, "v": _CACHE_VERSION},
-    )
-    ds, report.cache_hit, report.cache_file = cached_map(
-        records,
-        _tokenize_batch,
-        {"tokenizer": tokenizer, "max_seq_len": max_seq_len, "truncate": truncate},
-        fingerprint,
-        cache_dir,
-        "sft",
-        num_proc=num_proc,
-        desc="Tokenizing SFT",
-    )
-    # Arrow -> Python in one go per column; row-by-row access is much slower.
-    table = ds.data
-    all_ids = table.column("input_ids").to_pylist()
-    all_labels = table.column("labels").to_pylist()
-    full_lengths = table.column("full_length").to_pylist()
-
     examples: list[Example] = []
-    for (location, row_id), ids, labels, full in zip(meta, all_ids, all_labels, full_lengths):
+    for row, ids, labels, full in zip(rows, columns["input_ids"], columns["labels"], columns["full_length"]):
         if full > max_seq_len and truncate == "drop":
             report.dropped_too_long += 1
             continue
@@ -169,7 +127,7 @@ def load_sft_examples(
         # Counted only for kept examples, so truncated + dropped_* never count a row twice.
         if full > max_seq_len:
             report.truncated += 1
-        examples.append(Example(ids, labels, location, row_id))
+        examples.append(Example(ids, labels, row.location, row.id))
         report.tokens += len(ids)
         report.label_tokens += sum(1 for x in labels if x != IGNORE_INDEX)
     report.examples = len(examples)

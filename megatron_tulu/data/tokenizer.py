@@ -74,7 +74,7 @@ def iter_corpus() -> Iterator[str]:
         path = DATA_DIR / name
         if not path.exists():
             raise FileNotFoundError(
-                f"{path} is missing; regenerate it with `python -m megatron_tulu.data.synthetic --out {DATA_DIR}`"
+                f"{path} is missing; regenerate it with `python -m megatron_tulu.commands.synthetic_data --out {DATA_DIR}`"
             )
         with open(path, encoding="utf-8") as f:
             for line in f:

@@ -21,6 +21,8 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron_tulu.config.schema import OptimizerConfig, ParallelConfig, PrecisionConfig
 from megatron_tulu.engine import cpu_compat
 
+MCORE_NAMED_FIELDS = "lr min_lr weight_decay adam_beta1 adam_beta2 adam_eps clip_grad".split()
+
 
 def uses_distributed_optimizer(parallel: ParallelConfig) -> bool:
     """``parallel.use_distributed_optimizer``, unset meaning: on GPU yes, on CPU no."""
@@ -36,13 +38,8 @@ def build_optimizer(
 ) -> MegatronOptimizer:
     config = McoreOptimizerConfig(
         optimizer="adam",
-        lr=opt.lr,
-        min_lr=opt.min_lr,
-        weight_decay=opt.weight_decay,
-        adam_beta1=opt.adam_beta1,
-        adam_beta2=opt.adam_beta2,
-        adam_eps=opt.adam_eps,
-        clip_grad=opt.clip_grad,
+        # our optimizer fields that Megatron's config names the same
+        **{name: getattr(opt, name) for name in MCORE_NAMED_FIELDS},
         bf16=precision.params_dtype == "bf16",
         fp16=precision.params_dtype == "fp16",
         params_dtype=torch.float32,

@@ -12,6 +12,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from megatron_tulu.config.schema import ModelConfig, ParallelConfig
+from megatron_tulu.config.transformer import megatron_parallel_sizes
 from megatron_tulu.config.validate import validate_layout
 from megatron_tulu.engine.cpu_compat import enable_cpu_compat
 from megatron_tulu.engine.job import LOCAL_ONLY, job_env
@@ -113,12 +114,7 @@ def init_parallel(
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=parallel.tp,
-        pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=parallel.vpp,
-        context_parallel_size=parallel.cp,
-        expert_model_parallel_size=parallel.ep,
-        distributed_timeout_minutes=parallel.distributed_timeout_minutes,
+        **megatron_parallel_sizes(parallel), distributed_timeout_minutes=parallel.distributed_timeout_minutes
     )
     # Same data on every DP rank is not what we want for dropout-free models either way; seeds
     # differ per PP stage so layers on different stages do not get identical initial weights.

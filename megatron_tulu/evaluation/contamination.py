@@ -41,7 +41,7 @@ def contamination_report(
     ``contaminated`` (top level) maps each task to the union over training sets, the items to
     leave out for clean-subset scores. Raises TaskFileError naming file:line for an unreadable row.
     """
-    from megatron_tulu.rewards.decontaminate import DEFAULT_FIELDS, InputError, iter_rows
+    from megatron_tulu.data.decontaminate import DEFAULT_FIELDS, InputError, iter_rows
     from megatron_tulu.rewards.ngram_overlap import EvalIndex
 
     index = EvalIndex(ngram)

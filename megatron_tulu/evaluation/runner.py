@@ -100,41 +100,6 @@ def generate(
     return outs
 
 
-def score(
-    items: Sequence[EvalItem],
-    rollouts: Sequence[Any],
-    tokenizer: Any,
-    *,
-    alpha: float | None = None,
-    no_eos_penalty: float | None = None,
-    workers: int | None = None,
-    time_limit: float | None = None,
-    progress: Any = None,
-    strip_thinking: bool = False,
-    verifier_options: Mapping[str, Mapping[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """Decode and verify rollouts (``rollout.prompt_index`` indexes ``items``) into records.
-
-    Scored with the registry's default options (what RLVR rewards); IFEval items are checked a
-    second time in loose mode for the loose prompt/instruction levels.
-    """
-    texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in rollouts]
-    return score_texts(
-        items,
-        [
-            (o.prompt_index, o.sample_index, t, o.finish_reason, len(o.token_ids))
-            for o, t in zip(rollouts, texts)
-        ],
-        alpha=alpha,
-        no_eos_penalty=no_eos_penalty,
-        workers=workers,
-        time_limit=time_limit,
-        progress=progress,
-        strip_thinking=strip_thinking,
-        verifier_options=verifier_options,
-    )
-
-
 def score_texts(
     items: Sequence[EvalItem],
     samples: Sequence[tuple[int, int, str, str, int]],
@@ -147,7 +112,11 @@ def score_texts(
     strip_thinking: bool = False,
     verifier_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score ``(item index, sample index, response text, finish_reason, token count)`` tuples."""
+    """Score ``(item index, sample index, response text, finish_reason, token count)`` tuples.
+
+    Scored with the registry's default options (what RLVR rewards); IFEval items are checked a
+    second time in loose mode for the loose prompt/instruction levels.
+    """
     from megatron_tulu.rewards import (
         DEFAULT_ALPHA,
         DEFAULT_NO_EOS_PENALTY,
@@ -278,10 +247,14 @@ def evaluate(
 
         score_bar = tqdm(total=len(outs), desc=f"{desc}: verify", unit="sample", dynamic_ncols=True)
     try:
-        records = score(
+        texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
+        samples = [
+            (o.prompt_index, o.sample_index, t, o.finish_reason, len(o.token_ids))
+            for o, t in zip(outs, texts)
+        ]
+        records = score_texts(
             local,
-            outs,
-            tokenizer,
+            samples,
             alpha=alpha,
             no_eos_penalty=no_eos_penalty,
             workers=workers,

@@ -16,25 +16,16 @@ Tülu 3 recipe (paper §6.2, Tab. 21; open-instruct ``ppo_vllm_thread_ray_gtrl.p
 * clipped surrogate with ε = 0.2; value loss ``0.5·max((V−R)², (Vclip−R)²)`` with value clip 0.2,
   scaled by c1 = 0.1 in the trainer (``MaskedLoss.scale``).
 
-Advantage estimators (:data:`ADVANTAGE_ESTIMATORS`) share one keyword-only signature::
-
-    estimator(*, rewards, values, scores, mask, **options) -> (advantages [b, T], returns [b, T] | None)
-
-``rewards`` are per-token rewards (:func:`token_rewards`), ``values`` the rollout values
-(None for critic-free estimators), ``scores [b]`` the per-sample verifier rewards. ``"gae"`` uses
-rewards/values/mask (options ``gamma``, ``lam``, ``whiten``); ``"grpo"`` uses scores/mask
-(options ``group_size`` (required), ``eps``, ``std``) and returns no returns (no critic).
+The advantage estimators built on :func:`gae` and :func:`grpo_advantages`, and what each needs,
+are registry entries in :mod:`megatron_tulu.losses.estimators`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from megatron_tulu.losses.registry import lookup
 
 KL_KINDS = ("k1", "k2", "k3")
 _KL_ALIASES = {"kl1": "k1", "kl2": "k2", "kl3": "k3"}
@@ -320,52 +311,3 @@ def grpo_advantages(scores: Tensor, group_size: int, eps: float = 1e-6, std: str
 def broadcast_to_tokens(per_sample: Tensor, mask: Tensor) -> Tensor:
     """``[b] → [b, T]``: each sample's value on its valid tokens, 0 elsewhere."""
     return per_sample.unsqueeze(1) * _fmask(mask, per_sample)
-
-
-AdvantageEstimator = Callable[..., tuple[Tensor, Tensor | None]]
-
-
-def gae_estimator(
-    *,
-    rewards: Tensor,
-    values: Tensor | None,
-    scores: Tensor | None = None,
-    mask: Tensor,
-    gamma: float = 1.0,
-    lam: float = 0.95,
-    whiten: bool = True,
-    whiten_mask: Tensor | None = None,
-    **_: object,
-) -> tuple[Tensor, Tensor]:
-    """GAE over ``mask``; returns come from the raw advantages, advantages are then whitened
-    (Tülu 3) over ``whiten_mask`` (default ``mask``; TRL's PPOv2 runs GAE one position past the
-    response but whitens over the response alone)."""
-    if values is None:
-        raise ValueError("the gae estimator needs values from a value model")
-    advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
-    if whiten:
-        advantages = masked_whiten(advantages, mask if whiten_mask is None else whiten_mask)
-    return advantages, returns
-
-
-def grpo_estimator(
-    *,
-    rewards: Tensor | None = None,
-    values: Tensor | None = None,
-    scores: Tensor,
-    mask: Tensor,
-    group_size: int,
-    eps: float = 1e-6,
-    std: str = "unbiased",
-    **_: object,
-) -> tuple[Tensor, None]:
-    """GRPO: group-normalised scores broadcast to every valid token; no value model, no returns."""
-    return broadcast_to_tokens(grpo_advantages(scores, group_size, eps, std), mask), None
-
-
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {"gae": gae_estimator, "grpo": grpo_estimator}
-
-
-def get_advantage_estimator(name: str) -> AdvantageEstimator:
-    """The estimator ``name``; ``UnknownNameError`` (a KeyError) lists the registered names."""
-    return lookup(ADVANTAGE_ESTIMATORS, name, "advantage estimator")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from megatron_tulu.losses.ppo import kl_penalty, last_valid_index
+from megatron_tulu.losses.ppo import kl_penalty, last_valid_index, masked_mean
 
 SCORE_PLACEMENTS = ("last_token", "after_last")
 
@@ -73,6 +73,14 @@ def k3_kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, clamp: float = 10.0
     return k3 * _fmask(mask, k3)
 
 
+def kl_loss_per_token(logp: Tensor, ref_logp: Tensor, mask: Tensor, kind: str) -> Tensor:
+    """The per-token KL loss term (``rlvr.kl_placement=loss``): k3 clamped (:func:`k3_kl_loss`,
+    verl's low_var_kl), else the plain estimator."""
+    if kind == "k3":
+        return k3_kl_loss(logp, ref_logp, mask)
+    return kl_penalty(logp, ref_logp.detach(), kind) * mask
+
+
 def nonconstant_group_mask(scores: Tensor, group_size: int) -> Tensor:
     """``[N·G]`` bool: True for samples whose group (``G`` consecutive scores) has unequal rewards."""
     if group_size < 1 or scores.numel() % group_size:
@@ -85,6 +93,43 @@ def nonconstant_group_mask(scores: Tensor, group_size: int) -> Tensor:
 def mask_truncated(mask: Tensor, stopped: Tensor) -> Tensor:
     """``mask`` with the rows of truncated completions (``stopped[i]`` False) zeroed."""
     return mask * stopped.to(mask.dtype).unsqueeze(1)
+
+
+def policy_loss_mask(
+    mask: Tensor,
+    stopped: Tensor,
+    scores: Tensor,
+    group_size: int,
+    *,
+    drop_truncated: bool = False,
+    drop_constant_groups: bool = False,
+) -> tuple[Tensor, dict[str, float]]:
+    """The response tokens the policy loss keeps: ``mask`` less truncated completions
+    (``drop_truncated``: :func:`mask_truncated`) and groups of equal rewards
+    (``drop_constant_groups``: :func:`nonconstant_group_mask`), with the share of the batch each
+    option dropped (``rollout/truncated_share``, ``rollout/constant_group_share``)."""
+    stats: dict[str, float] = {}
+    if drop_truncated:
+        mask = mask_truncated(mask, stopped)
+        stats["rollout/truncated_share"] = float(1.0 - stopped.float().mean())
+    if drop_constant_groups:
+        varied = nonconstant_group_mask(scores, group_size)
+        mask = mask * varied.to(mask.dtype).unsqueeze(1)
+        stats["rollout/constant_group_share"] = float(1.0 - varied.float().mean())
+    return mask, stats
+
+
+def tis_weights(
+    learner_logp: Tensor, rollout_logp: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, dict[str, float]]:
+    """:func:`truncated_importance_weights` with their mean (``policy/tis_weight_mean``) and the
+    share of tokens at the cap (``policy/tis_capped_share``) over ``mask``."""
+    weights = truncated_importance_weights(learner_logp, rollout_logp, mask, cap)
+    capped = (learner_logp - rollout_logp) >= torch.log(torch.tensor(cap))
+    return weights, {
+        "policy/tis_weight_mean": float(masked_mean(weights, mask)),
+        "policy/tis_capped_share": float(masked_mean(capped.float(), mask)),
+    }
 
 
 def place_scores(score: Tensor, mask: Tensor, placement: str = "last_token") -> tuple[Tensor, Tensor]:

@@ -19,6 +19,8 @@ from megatron.core.tensor_parallel.mappings import (
     reduce_from_tensor_model_parallel_region,
 )
 
+from megatron_tulu.kernels import fused_vocab_parallel_log_probs
+
 
 def _tp_world_and_rank() -> tuple[int, int]:
     if not parallel_state.model_parallel_is_initialized():
@@ -174,8 +176,6 @@ class TokenHead:
             if not with_entropy:
                 return logp
             return logp, vocab_parallel_entropy(self.logits, self.vocab_size, temperature)
-        from megatron_tulu.kernels import fused_vocab_parallel_log_probs
-
         return fused_vocab_parallel_log_probs(
             self.hidden,
             self.weight,

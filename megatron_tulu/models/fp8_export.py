@@ -8,7 +8,7 @@ The output is what vLLM's ``fp8`` quantization method loads with ``weight_block_
   "activation_scheme": "dynamic", "weight_block_size": [128, 128]}`` and ``torch_dtype
   "bfloat16"`` (vLLM refuses float32 with fp8);
 - the GEMM weights vLLM's fp8 method quantizes (q/k/v/o, gate/up/down projections: the
-  ``LinearBase`` layers; :func:`~megatron_tulu.rollout.bridge.layouts.fp8_quantized`) as
+  ``LinearBase`` layers; :func:`~megatron_tulu.models.hf_mapping.fp8_quantized`) as
   ``float8_e4m3fn`` plus ``<name>_scale_inv`` (fp32, ``[ceil(out/128), ceil(in/128)]``), quantized
   by :func:`megatron_tulu.kernels.fp8.blockwise_fp8_quantize` from the stored dtype (so a refit
   that quantizes the learner's block-aligned slices of the same weights writes the same bytes);
@@ -29,6 +29,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from megatron_tulu.kernels.fp8 import blockwise_fp8_quantize
+from megatron_tulu.models.hf_mapping import fp8_quantized, fp8_scale_name
 
 FP8_QUANTIZATION_CONFIG = {
     "quant_method": "fp8",
@@ -64,13 +71,6 @@ def _weight_files(src: Path) -> dict[str, list[str] | None]:
 def export_fp8_block(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write the blockwise-FP8 checkpoint of HF directory ``src_dir`` to ``out_dir`` (replaced
     atomically if it exists); returns ``out_dir``."""
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from megatron_tulu.kernels.fp8 import blockwise_fp8_quantize
-    from megatron_tulu.rollout.bridge.layouts import fp8_quantized, fp8_scale_name
-
     src, out = Path(src_dir).resolve(), Path(out_dir).resolve()
     if src == out:
         raise ValueError("export_fp8_block: out_dir must differ from src_dir")

@@ -45,7 +45,8 @@ class HFCheckpointError(ValueError):
     """An HF directory that does not match the model it is loaded into."""
 
 
-def shapes_for(cfg: ModelConfig, tp: int) -> Shapes:
+def shapes_for(cfg: ModelConfig, tp: int, padded_vocab: int | None = None) -> Shapes:
+    """The tensor shapes of ``cfg``; the vocabulary padded for ``tp`` unless ``padded_vocab`` says."""
     return Shapes(
         hidden=cfg.hidden_size,
         ffn=cfg.ffn_hidden_size,
@@ -53,7 +54,7 @@ def shapes_for(cfg: ModelConfig, tp: int) -> Shapes:
         groups=cfg.num_query_groups,
         head_dim=cfg.kv_channels,
         vocab=cfg.vocab_size,
-        padded_vocab=padded_vocab_size(cfg, tp),
+        padded_vocab=padded_vocab_size(cfg, tp) if padded_vocab is None else padded_vocab,
     )
 
 

@@ -9,14 +9,24 @@ Megatron layouts that differ from HF:
 - vocab-parallel embedding / output layer: padded with zero rows to Megatron's padded vocab, then
   row-split over TP.
 No torch.distributed here: callers pass full HF tensors and TP coordinates.
+
+It also names the HF tensors as a checkpoint and vLLM see them (:func:`hf_tensor_names`), the
+tensors vLLM loads together (:func:`fused_group`) and those a blockwise-FP8 engine or checkpoint
+holds as e4m3 + ``weight_scale_inv`` (:func:`fp8_quantized`, :func:`fp8_scale_name`): used by the
+FP8 export (:mod:`megatron_tulu.models.fp8_export`) and the refit bridge
+(:mod:`megatron_tulu.rollout.bridge`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from megatron_tulu.config.schema import ModelConfig
 
 # kinds of mapping
 QKV, FC1, COL, ROW, VOCAB, REPL = "qkv", "fc1", "col", "row", "vocab", "replicated"
@@ -166,3 +176,74 @@ def hf_from_shards(kind: str, shards: list[torch.Tensor], s: Shapes) -> list[tor
 def tp_split_dim(kind: str) -> int | None:
     """The dimension along which a kind is split over TP (None: replicated)."""
     return {REPL: None, ROW: 1}.get(kind, 0)
+
+
+# ------------------------------------------------------------------------------ HF tensor names
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+# HF tensors vLLM must receive in the same reload_weights call (fused modules).
+_FUSED_SUFFIXES = (
+    ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+)
+
+# The HF tensors of Llama that vLLM's ``Fp8Config.get_quant_method`` quantizes: the weights of
+# ``LinearBase`` layers (QKVParallelLinear, MergedColumnParallelLinear, RowParallelLinear). The
+# embeddings and lm_head (VocabParallelEmbedding / ParallelLMHead) and the RMSNorms get no fp8
+# method and stay in the engine dtype.
+_FP8_SUFFIXES = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+
+
+def hf_tensor_names(model: ModelConfig) -> list[str]:
+    """The HF tensors vLLM loads, in checkpoint order (no ``lm_head`` when embeddings are tied:
+    vLLM skips it and ties ``lm_head`` to ``embed_tokens``)."""
+    names = ["model.embed_tokens.weight"]
+    for i in range(model.num_layers):
+        p = f"model.layers.{i}."
+        names += [
+            p + "input_layernorm.weight",
+            p + "self_attn.q_proj.weight",
+            p + "self_attn.k_proj.weight",
+            p + "self_attn.v_proj.weight",
+            p + "self_attn.o_proj.weight",
+            p + "post_attention_layernorm.weight",
+            p + "mlp.gate_proj.weight",
+            p + "mlp.up_proj.weight",
+            p + "mlp.down_proj.weight",
+        ]
+    names.append("model.norm.weight")
+    if not model.tie_word_embeddings:
+        names.append("lm_head.weight")
+    return names
+
+
+def fused_group(hf_name: str) -> tuple[str, ...]:
+    """The HF tensors that must go into the same ``reload_weights`` call as ``hf_name``."""
+    match = _HF_LAYER.match(hf_name)
+    if match:
+        prefix = f"model.layers.{match.group(1)}."
+        for group in _FUSED_SUFFIXES:
+            if match.group(2) in group:
+                return tuple(prefix + s for s in group)
+    return (hf_name,)
+
+
+def fp8_quantized(hf_name: str) -> bool:
+    """Whether an fp8_block engine holds ``hf_name`` as e4m3 + ``weight_scale_inv`` (see ``_FP8_SUFFIXES``)."""
+    match = _HF_LAYER.match(hf_name)
+    return bool(match) and match.group(2) in _FP8_SUFFIXES
+
+
+def fp8_scale_name(hf_name: str) -> str:
+    """``...weight`` -> ``...weight_scale_inv`` (the checkpoint name vLLM's block-fp8 loader reads)."""
+    if not hf_name.endswith(".weight"):
+        raise ValueError(f"not a weight: {hf_name!r}")
+    return hf_name + "_scale_inv"

@@ -8,12 +8,11 @@ gated MLP, RMSNorm, llama3 RoPE scaling, untied embeddings by default) while tra
 transformers releases serialize those fields differently (``rope_parameters``, ``dtype``) and converters
 have to handle the Hub layout anyway. transformers reads both.
 
-CLI: ``megatron-tulu build-tiny --out DIR [--seed N] [--tie-word-embeddings]``.
+CLI: ``megatron-tulu build-tiny --out DIR [--seed N] [--tie-word-embeddings]`` (:mod:`megatron_tulu.commands.build_tiny`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tulu.data import tokenizer as embedded_tokenizer
+from megatron_tulu.dtypes import TORCH_NAMES, torch_dtype
 
 TINY_ARCH: dict[str, Any] = {
     "vocab_size": embedded_tokenizer.VOCAB_SIZE,  # 3999: not a multiple of 128 on purpose
@@ -47,7 +47,7 @@ TINY_ARCH: dict[str, Any] = {
     "initializer_range": 0.02,
 }
 
-_DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = TORCH_NAMES  # the stored weight dtypes: "float32", "bfloat16", "float16"
 
 
 def _config_dict(
@@ -101,7 +101,7 @@ def _init_weights(seed: int, tie_word_embeddings: bool, dtype: str) -> dict[str,
         shapes.append(("lm_head.weight", (v, h)))
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    torch_dtype = getattr(torch, dtype)
+    dtype_t = torch_dtype(dtype)
     tensors: dict[str, Any] = {}
     for name, shape in shapes:
         if name.endswith("norm.weight"):
@@ -109,7 +109,7 @@ def _init_weights(seed: int, tie_word_embeddings: bool, dtype: str) -> dict[str,
         else:
             t = torch.empty(shape, dtype=torch.float32).normal_(0.0, a["initializer_range"], generator=gen)
         # Draw in float32 then cast, so a bf16 build holds the rounded float32 weights of the same seed.
-        tensors[name] = t.to(torch_dtype).contiguous()
+        tensors[name] = t.to(dtype_t).contiguous()
     return tensors
 
 
@@ -153,8 +153,8 @@ def build_tiny_model(
     """
     from safetensors.torch import save_file
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -179,26 +179,3 @@ def build_tiny_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="megatron-tulu build-tiny",
-        description="build the embedded tiny Llama + tokenizer as an HF directory",
-    )
-    parser.add_argument(
-        "--out", required=True, help="output directory (replaced if it holds an earlier build)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="weight init seed")
-    parser.add_argument(
-        "--tie-word-embeddings", action="store_true", help="share embedding and output matrices"
-    )
-    parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="stored weight dtype")
-    args = parser.parse_args(argv)
-    out = build_tiny_model(
-        args.out, seed=args.seed, tie_word_embeddings=args.tie_word_embeddings, dtype=args.dtype
-    )
-    print(
-        f"wrote tiny Llama ({TINY_ARCH['num_hidden_layers']} layers, vocab {TINY_ARCH['vocab_size']}) to {out}"
-    )
-    return 0

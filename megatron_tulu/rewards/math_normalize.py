@@ -15,6 +15,7 @@ reference's `(.*?)\\$(.*?)\\$(.*)` regex backtracks cubically on such input.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # (old, new) replacements, in order. "an "/"a " are removed as filler words, exactly as in the
 # reference (it also clips them inside words, e.g. "mean 5" -> "me5"; kept for agreement).
@@ -81,17 +82,15 @@ _SHORT_FRAC = re.compile(r"frac([^{])(.)")
 _SHORT_SQRT = re.compile(r"sqrt([^{])")
 
 
-def _first_dollar_span_per_line(text: str) -> str:
-    """Reduce each line holding two "$" to "$<text between its first two $>$"."""
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        first = line.find("$")
-        if first < 0:
-            continue
-        second = line.find("$", first + 1)
-        if second >= 0:
-            lines[i] = "$" + line[first + 1 : second] + "$"
-    return "\n".join(lines)
+def _per_line(text: str, rewrite: Callable[[str], str]) -> str:
+    return "\n".join(rewrite(line) for line in text.split("\n"))
+
+
+def _first_dollar_span(line: str) -> str:
+    """A line holding two "$" reduced to "$<text between its first two $>$"."""
+    first = line.find("$")
+    second = line.find("$", first + 1) if first >= 0 else -1
+    return "$" + line[first + 1 : second] + "$" if second >= 0 else line
 
 
 def _unwrap_first_group(text: str, command: str) -> str:
@@ -112,18 +111,14 @@ def _unwrap_first_group(text: str, command: str) -> str:
     return "".join(out)
 
 
-def _unwrap_boxed_greedy(text: str) -> str:
+def _unwrap_boxed_greedy(line: str) -> str:
     # Reference: re.sub(r"(\\boxed\{)(.*)(\})", r"\2") on each line: drop the first "\boxed{"
     # and the last "}" after it.
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        at = line.find("\\boxed{")
-        if at < 0:
-            continue
-        close = line.rfind("}")
-        if close >= at + len("\\boxed{"):
-            lines[i] = line[:at] + line[at + len("\\boxed{") : close] + line[close + 1 :]
-    return "\n".join(lines)
+    at = line.find("\\boxed{")
+    close = line.rfind("}")
+    if at < 0 or close < at + len("\\boxed{"):
+        return line
+    return line[:at] + line[at + len("\\boxed{") : close] + line[close + 1 :]
 
 
 def minerva_normalize(answer: str) -> str:
@@ -132,10 +127,10 @@ def minerva_normalize(answer: str) -> str:
         answer = answer.replace(old, new)
     for removed in _MINERVA_REMOVED:
         answer = answer.replace(removed, "")
-    answer = _first_dollar_span_per_line(answer)
+    answer = _per_line(answer, _first_dollar_span)
     for command in ("\\text{", "\\textbf{", "\\overline{"):
         answer = _unwrap_first_group(answer, command)
-    answer = _unwrap_boxed_greedy(answer)
+    answer = _per_line(answer, _unwrap_boxed_greedy)
     answer = _SHORT_FRAC.sub(r"frac{\1}{\2}", answer)
     answer = _SHORT_SQRT.sub(r"sqrt{\1}", answer)
     answer = answer.replace("$", "")

@@ -12,24 +12,13 @@ Names are re-exported lazily so importing the package does not import vLLM or Me
 
 from __future__ import annotations
 
-import importlib
+from megatron_tulu import lazy_exports
 
-_EXPORTS = {
-    "Rollout": "engine",
-    "RolloutEngine": "engine",
-    "SamplingSettings": "engine",
-    "LearnerRefit": "refit",
-    "learner_sequence_logprobs": "refit",
-    "max_abs_diff": "refit",
-    "refit_spec_for": "refit",
-    "RefitError": "bridge.transport",
-    "RefitSpec": "bridge.transport",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "engine": ("Rollout", "RolloutEngine", "SamplingSettings"),
+        "refit": ("LearnerRefit", "learner_sequence_logprobs", "max_abs_diff", "refit_spec_for"),
+        "bridge.transport": ("RefitError", "RefitSpec"),
+    },
+)

@@ -39,6 +39,12 @@ __all__ = ["EngineFleet", "EngineOptions", "EnginePlacement", "serve_engine_rank
 
 
 # DRIVER (global rank 0) is learner rank 0: learners come first in every placement.
+# EngineOptions fields that are RolloutEngine keyword arguments (the rest say where engines run)
+ENGINE_KWARGS = (
+    "tp dtype seed memory_fraction max_model_len enforce_eager logprobs_mode weight_dtype"
+).split()
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """What every engine of the job is started with (one definition for leaders and node hosts)."""
@@ -59,16 +65,8 @@ class EngineOptions:
     export_dir: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
-        return dict(
-            tp=self.tp,
-            dtype=self.dtype,
-            seed=self.seed,
-            memory_fraction=self.memory_fraction,
-            max_model_len=self.max_model_len,
-            enforce_eager=self.enforce_eager,
-            logprobs_mode=self.logprobs_mode,
-            weight_dtype=self.weight_dtype,
-        )
+        """The RolloutEngine keyword arguments these options set."""
+        return {name: getattr(self, name) for name in ENGINE_KWARGS}
 
     def engine_model(self, rank: int) -> str:
         """The directory this rank's engine (or headless workers) start from: ``model`` itself, or

@@ -33,13 +33,13 @@ from collections.abc import Sequence
 import torch
 
 from megatron_tulu.config.schema import ModelConfig
+from megatron_tulu.dtypes import dtype_name
 from megatron_tulu.rollout.bridge.layouts import EngineLayout, LearnerLayout
 from megatron_tulu.rollout.bridge.transport import (
     DEFAULT_BUCKET_BYTES,
     DEFAULT_TIMEOUT_S,
     RefitSpec,
     destroy_refit_group,
-    dtype_name,
     init_refit_group,
     local_tensors,
     send_refit,

@@ -26,7 +26,7 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_bf16_checkpoint_resumes_bit_for_bit(hf_llama, tmp_path, optimizer):
-    """distributed_dp2 failed before checkpoint._unshare_adam_steps: the loaded AdamW ``step`` was
+    """distributed_dp2 failed before mcore_compat.unshare_adam_steps: the loaded AdamW ``step`` was
     one tensor shared by every parameter, advanced once per parameter (step 55 instead of 3)."""
     layout, expected = OPTIMIZERS[optimizer]
     ckpt = tmp_path / "ckpt"

@@ -1,23 +1,11 @@
 """DPO: TP2/PP2 sequence log-probs and loss equal TP1; gradients invariant to micro-batch/DP split."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from tests.helpers import REPO, WORKERS, rel_diff, run_torchrun
+from tests.helpers import WORKERS, rel_diff, run_torchrun
 
 pytestmark = pytest.mark.distributed
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "tiny"
-    subprocess.run(
-        [sys.executable, "-m", "megatron_tulu.cli", "build-tiny", "--out", str(out)], check=True, cwd=REPO
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

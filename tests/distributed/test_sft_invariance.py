@@ -1,24 +1,13 @@
 """SFT gradients do not depend on micro-batching, DP split, padding or layout; packing is exact."""
 
-import subprocess
-import sys
 from collections import defaultdict
 
 import pytest
 import torch
 
-from tests.helpers import REPO, WORKERS, rel_diff, worker_result
+from tests.helpers import WORKERS, rel_diff, worker_result
 
 pytestmark = pytest.mark.distributed
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "tiny"
-    subprocess.run(
-        [sys.executable, "-m", "megatron_tulu.cli", "build-tiny", "--out", str(out)], check=True, cwd=REPO
-    )
-    return out
 
 
 def _run(tiny, tmp_path, name, nproc, *args):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from megatron_tulu.losses.dpo import DPO_LOSSES, needs_reference
-from tests.helpers import REPO, free_port, full_set_only
+from tests.helpers import REPO, full_set_only, quiet_env, torchrun_cmd
 
 pytestmark = [pytest.mark.slow]
 
@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
 
 
 def _dpo(out, model, *extra, nproc=1, fault=None, data=None, ref_cache=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
+    env = quiet_env()
     if fault:
         env["MEGATRON_TULU_FAULT"] = fault
     args = [
@@ -60,18 +60,7 @@ def _dpo(out, model, *extra, nproc=1, fault=None, data=None, ref_cache=None):
         args.append(f"data.train_files=[{data}]")
     if ref_cache:
         args.append(f"dpo.ref_cache_dir={ref_cache}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        f"--master_port={free_port()}",
-        "-m",
-        "megatron_tulu.cli",
-        "dpo",
-        *args,
-        *extra,
-    ]
+    cmd = [*torchrun_cmd(nproc, "-m", "megatron_tulu.cli", "dpo"), *args, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
 

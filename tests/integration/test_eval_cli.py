@@ -13,38 +13,20 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
 from megatron_tulu.evaluation.tasks import SHIPPED
-from tests.helpers import REPO
+from tests.helpers import VLLM_QUIET_ENV, quiet_env, run_logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-ENV = dict(
-    os.environ,
-    OMP_NUM_THREADS="1",
-    PYTHONWARNINGS="ignore",
-    HF_HUB_OFFLINE="1",
-    VLLM_LOGGING_LEVEL="WARNING",
-    VLLM_CPU_KVCACHE_SPACE="1",
-    TOKENIZERS_PARALLELISM="false",
-)
+ENV = quiet_env(**VLLM_QUIET_ENV, TOKENIZERS_PARALLELISM="false")
 
 
 def _cli(*args: str, log) -> int:
-    with open(log, "w") as handle:  # a file, not a pipe: vLLM children may linger
-        return subprocess.run(
-            [sys.executable, "-m", "megatron_tulu.cli", *args],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=ENV,
-            timeout=900,
-        ).returncode
+    return run_logged([sys.executable, "-m", "megatron_tulu.cli", *args], log, ENV, 900)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import sys
 import pytest
 
 from megatron_tulu.rollout.refit import max_abs_diff
-from tests.helpers import REPO, free_port, full_set_only
+from tests.helpers import REPO, VLLM_QUIET_ENV, full_set_only, quiet_env, run_logged, torchrun_cmd
 
 pytestmark = [
     pytest.mark.slow,
@@ -219,13 +219,8 @@ def test_rlvr_with_fp8_engines_and_importance_sampling(tmp_path, pp):
     learner ranks, each pipeline stage refits its own layers into the (colocated, TP1) engine."""
     hf = build_fp8_test_model(tmp_path / "model", seed=0)
     out = tmp_path / "run"
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONWARNINGS="ignore",
-        HF_HUB_OFFLINE="1",
-        VLLM_LOGGING_LEVEL="WARNING",
-        VLLM_CPU_KVCACHE_SPACE="1",
+    env = quiet_env(
+        **VLLM_QUIET_ENV,
         PYTHONPATH=os.pathsep.join([str(SHIM), str(REPO)]),
         MEGATRON_TULU_TEST_RELAX_AMX="1",
     )
@@ -245,22 +240,9 @@ def test_rlvr_with_fp8_engines_and_importance_sampling(tmp_path, pp):
         "logging.tensorboard=false",
         f"parallel.pp={pp}",
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={pp}",
-        f"--master_port={free_port()}",
-    ]
-    with open(tmp_path / "run.log", "w") as log:
-        code = subprocess.run(
-            [*cmd, "-m", "megatron_tulu.cli", "rlvr", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-            timeout=1200,
-        ).returncode
+    code = run_logged(
+        [*torchrun_cmd(pp, "-m", "megatron_tulu.cli", "rlvr"), *args], tmp_path / "run.log", env, 1200
+    )
     assert code == 0, (tmp_path / "run.log").read_text()[-5000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if r["step"] > 0]

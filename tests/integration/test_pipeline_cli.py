@@ -6,14 +6,12 @@ weights must agree, so the two independent paths check the export and the refit 
 """
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
 from megatron_tulu.algorithms.pipeline import route_overrides
-from tests.helpers import REPO
+from tests.helpers import REPO, quiet_env, run_logged
 
 ASSETS = REPO / "megatron_tulu" / "assets" / "data"
 
@@ -64,16 +62,8 @@ def test_pipeline_runs_three_stages_and_scores_each(tmp_path):
         *[f"{s}.logging.progress_bar=false" for s in ("sft", "dpo", "rlvr")],
         *[f"{s}.logging.tensorboard=false" for s in ("sft", "dpo", "rlvr")],
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
-    with open(tmp_path / "pipeline.log", "w") as log:  # a file, not a pipe: vLLM children may linger
-        rc = subprocess.run(
-            [sys.executable, "-m", "megatron_tulu.cli", "pipeline", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-            timeout=1200,
-        ).returncode
+    cmd = [sys.executable, "-m", "megatron_tulu.cli", "pipeline", *args]
+    rc = run_logged(cmd, tmp_path / "pipeline.log", quiet_env(), 1200)
     text = (tmp_path / "pipeline.log").read_text()
     assert rc == 0, text[-4000:]
     assert "held-out verifiable results" in text

@@ -1,13 +1,12 @@
 """RLVR end to end with a real vLLM CPU engine: sync vs async staleness, kill -9 + exact resume."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import REPO, free_port, full_set_only
+from tests.helpers import REPO, full_set_only, quiet_env, run_logged, torchrun_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -29,13 +28,7 @@ def setup(tmp_path_factory):
 
 
 def _rlvr(setup, out, *extra, fault=None):
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONWARNINGS="ignore",
-        HF_HUB_OFFLINE="1",
-        VLLM_LOGGING_LEVEL="WARNING",
-    )
+    env = quiet_env(VLLM_LOGGING_LEVEL="WARNING")
     if fault:
         env["MEGATRON_TULU_FAULT"] = fault
     args = [
@@ -54,21 +47,8 @@ def _rlvr(setup, out, *extra, fault=None):
         "optimizer.lr=1e-4",
         *extra,
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=1",
-        f"--master_port={free_port()}",
-        "-m",
-        "megatron_tulu.cli",
-        "rlvr",
-        *args,
-    ]
-    with open(out.parent / f"{out.name}.log", "w") as log:  # a file, not a pipe: vLLM children may linger
-        return subprocess.run(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, timeout=900
-        ).returncode
+    cmd = [*torchrun_cmd(1, "-m", "megatron_tulu.cli", "rlvr"), *args]
+    return run_logged(cmd, out.parent / f"{out.name}.log", env, 900)
 
 
 def _rows(out):

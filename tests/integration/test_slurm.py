@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, full_set_only
+from tests.helpers import QUIET_ENV, REPO, VLLM_QUIET_ENV, full_set_only
 from tests.multinode import comparable, metrics, tiny_sources
 from tests.slurm_cluster import SlurmCluster
 
@@ -53,16 +53,7 @@ def sources(tmp_path_factory):
 def _job_env(**extra: str) -> dict[str, str]:
     """What the submitting shell exports (sbatch passes it to the job): the test's venv, 2 ranks per
     node, the same quiet CPU settings as the simulated-node launches of tests/multinode.py."""
-    env = dict(
-        PYTHON=sys.executable,
-        REPO=str(REPO),
-        NPROC_PER_NODE="2",
-        OMP_NUM_THREADS="1",
-        PYTHONWARNINGS="ignore",
-        HF_HUB_OFFLINE="1",
-        VLLM_LOGGING_LEVEL="WARNING",
-        VLLM_CPU_KVCACHE_SPACE="1",
-    )
+    env = dict(PYTHON=sys.executable, REPO=str(REPO), NPROC_PER_NODE="2", **QUIET_ENV, **VLLM_QUIET_ENV)
     env.update(extra)
     return env
 

@@ -2,7 +2,7 @@
 
 import json
 
-from megatron_tulu.engine.checkpoint import META, find_latest
+from megatron_tulu.engine.checkpoint_format import META, find_latest
 
 
 def _complete(root, name):

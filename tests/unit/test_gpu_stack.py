@@ -171,9 +171,9 @@ def test_cpu_stack_refused_only_where_gpus_are_visible(tmp_path: Path) -> None:
         [str(REPO / "examples" / "sft.py")],
         [str(REPO / "examples" / "rlvr_405b.py"), "--dry-run", "--nodes", "1"],
         [str(REPO / "examples" / "rlvr_405b.py")],
-        ["-m", "megatron_tulu.algorithms.dpo"],
+        ["-m", "megatron_tulu.commands.dpo"],
     ],
-    ids=["megatron-tulu", "examples/sft.py", "rlvr_405b --dry-run", "rlvr_405b", "-m algorithms.dpo"],
+    ids=["megatron-tulu", "examples/sft.py", "rlvr_405b --dry-run", "rlvr_405b", "-m commands.dpo"],
 )
 def test_entry_points_refuse_a_cpu_stack_on_a_gpu_host(entry: list[str], tmp_path: Path) -> None:
     if not cpu_only_builds():

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 
 from megatron_tulu.algorithms.loop import MetricsLogger
+from megatron_tulu.commands.checkpoint import verify_main
 from megatron_tulu.config.load import load_config
 from megatron_tulu.config.schema import LoggingConfig, RLVRRunConfig, SFTRunConfig
-from megatron_tulu.engine.checkpoint import (
+from megatron_tulu.engine.checkpoint_format import (
     CHECKSUMS,
     META,
-    _checksum_files,
-    _files_of,
     checkpoint_problems,
+    checksum_files,
+    checksummed_files,
     find_latest,
-    resolve_resume,
-    verify_main,
 )
+from megatron_tulu.engine.checkpoint_resume import resolve_resume
 from megatron_tulu.errors import CheckpointError, ConfigError, UserError
 
 
@@ -33,7 +33,7 @@ def _ckpt(root: Path, step: int, payload: bytes = b"weights", latest: bool = Tru
     (d / "value").mkdir(parents=True)
     (d / "__0_0.distcp").write_bytes(payload * 50)
     (d / "value" / "__0_0.distcp").write_bytes(payload[::-1] * 30)
-    (d / CHECKSUMS).write_text(json.dumps(_checksum_files(d, sorted(_files_of(d)))))
+    (d / CHECKSUMS).write_text(json.dumps(checksum_files(d, sorted(checksummed_files(d)))))
     (d / META).write_text(json.dumps({"step": step}))
     if latest:
         (root / "latest").write_text(d.name + "\n")

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_tulu.algorithms.rlvr import check_rl_config, kl_kind_of, kl_placement_of, scoring_options
 from megatron_tulu.config.schema import RLVRRunConfig
+from megatron_tulu.config.validate_rl import RLConfigError
+from megatron_tulu.config.validate_rl import check_rl_config as check_with_rules
+from megatron_tulu.errors import ConfigError, error_text
+from megatron_tulu.evaluation.rl import scoring_options
+from megatron_tulu.rewards.gsm8k import RULES
+
+
+def check_rl_config(cfg: RLVRRunConfig) -> RLVRRunConfig:
+    check_with_rules(cfg, RULES)
+    return cfg
 
 
 def _cfg(**changes) -> RLVRRunConfig:
@@ -56,25 +65,55 @@ def test_consistent_or_zero_batch_and_lengths_pass():
         ),
         ({"rlvr__grpo_std": "population"}, "applies to rlvr.estimator=grpo only"),
         ({"rlvr__tis_cap": 0.0}, "rlvr.tis_cap must be > 0"),
-        ({"rlvr__clip_eps_high": -0.1}, "rlvr.clip_eps_high must be >= 0"),
+        ({"rlvr__clip_eps_high": 0.1}, "rlvr.clip_eps_high must be >= rlvr.clip_eps (0.2) or null, got 0.1"),
+        ({"rlvr__clip_eps": 1.0}, "rlvr.clip_eps must be in [0, 1), got 1.0"),
+        ({"rlvr__clip_eps": -0.1}, "rlvr.clip_eps must be in [0, 1)"),
+        ({"rlvr__beta": -0.01}, "rlvr.beta must be >= 0, got -0.01"),
+        ({"rlvr__value_clip": -0.2}, "rlvr.value_clip must be >= 0"),
+        ({"rlvr__estimator": "reinforce"}, "rlvr.estimator must be one of gae, grpo; got 'reinforce'"),
+        # an option only another estimator reads would be ignored
+        (
+            {"rlvr__lam": 0.9, "rlvr__estimator": "grpo", "rollout__samples_per_prompt": 2},
+            "rlvr.lam=0.9 applies to rlvr.estimator=gae only",
+        ),
         ({"rlvr__drop_constant_groups": True}, "needs rollout.samples_per_prompt >= 2"),
         ({"rlvr__loss_constant": 64}, "applies to rlvr.loss_aggregation=constant only"),
     ],
 )
 def test_settings_that_cannot_apply_are_refused(changes, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+    pattern = message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    with pytest.raises(RLConfigError, match=pattern) as caught:
         check_rl_config(_cfg(**changes))
+    # one `error:` line naming the field, as every config error; still a ValueError for callers
+    assert isinstance(caught.value, ConfigError) and isinstance(caught.value, ValueError)
+    assert error_text(caught.value) == f"error: {caught.value}" and "\n" not in str(caught.value)
 
 
-def test_kl_kind_defaults_by_estimator_and_is_honoured_when_set():
-    assert kl_kind_of(_cfg().rlvr) == "k1"  # PPO reward penalty (Tülu 3)
-    assert kl_kind_of(_cfg(rlvr__estimator="grpo").rlvr) == "k3"  # GRPO's KL loss
-    assert kl_kind_of(_cfg(rlvr__estimator="grpo", rlvr__kl_kind="k2").rlvr) == "k2"
-    assert kl_kind_of(_cfg(rlvr__kl_placement="loss").rlvr) == "k3"  # PPO with a KL loss
-    assert (
-        kl_placement_of(_cfg().rlvr) == "reward"
-        and kl_placement_of(_cfg(rlvr__estimator="grpo").rlvr) == "loss"
-    )
+GROUPS = {"rollout__samples_per_prompt": 2}
+
+
+@pytest.mark.parametrize(
+    "changes, placement, kind",
+    [
+        ({}, "reward", "k1"),  # PPO's reward penalty (Tülu 3)
+        ({"rlvr__estimator": "grpo", **GROUPS}, "loss", "k3"),  # GRPO's KL loss (DeepSeekMath)
+        ({"rlvr__estimator": "grpo", "rlvr__kl_kind": "k2", **GROUPS}, "loss", "k2"),
+        ({"rlvr__kl_placement": "loss"}, "loss", "k3"),  # PPO with a KL loss
+        ({"rlvr__kl_placement": "reward", "rlvr__kl_kind": "k3"}, "reward", "k3"),
+    ],
+)
+def test_kl_placement_and_kind_are_decided_once_at_validation(changes, placement, kind):
+    rl = check_rl_config(_cfg(**changes)).rlvr
+    assert (rl.kl_placement, rl.kl_kind) == (placement, kind)
+    check_rl_config(_cfg(**changes))  # validating again keeps them (a resolved config is valid)
+    assert (rl.kl_placement, rl.kl_kind) == (placement, kind)
+
+
+def test_loss_constant_defaults_to_the_generation_budget():
+    assert check_rl_config(_cfg()).rlvr.loss_constant is None  # token aggregation: no constant
+    assert check_rl_config(_cfg(rlvr__loss_aggregation="constant")).rlvr.loss_constant == 48
+    cfg = _cfg(rlvr__loss_aggregation="constant", rlvr__loss_constant=100)
+    assert check_rl_config(cfg).rlvr.loss_constant == 100
 
 
 def test_the_shipped_config_leaves_the_kl_kind_to_the_estimator():
@@ -83,8 +122,9 @@ def test_the_shipped_config_leaves_the_kl_kind_to_the_estimator():
     cfg = load_config(
         ["rlvr.estimator=grpo", "rollout.samples_per_prompt=2"], config_name="rlvr", schema=RLVRRunConfig
     )
-    assert kl_kind_of(cfg.rlvr) == "k3"
+    assert cfg.rlvr.kl_kind is None and cfg.rlvr.kl_placement is None
     check_rl_config(cfg)
+    assert (cfg.rlvr.kl_placement, cfg.rlvr.kl_kind) == ("loss", "k3")
 
 
 def test_tis_asks_the_engines_for_the_sampled_distributions_log_probs():
@@ -104,25 +144,5 @@ def test_scoring_options_reach_the_verifiers():
         "no_eos_penalty": -10.0,
         "workers": 3,
         "strip_thinking": True,
-        "gsm8k_rule": "tulu3",
+        "verifier_options": {"gsm8k": {"rule": "tulu3"}},
     }
-
-
-def test_every_rl_field_is_read_somewhere():
-    """Each field of the RL entry's own sections is read by the package (a field nothing reads
-    would be accepted and silently ignored)."""
-    import dataclasses
-    import re
-    from pathlib import Path
-
-    from megatron_tulu.config.schema import RLVROptions, RolloutConfig
-
-    package = Path(__file__).resolve().parents[2] / "megatron_tulu"
-    source = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "schema.py")
-    unread = [
-        f"{section}.{f.name}"
-        for section, cls in (("rlvr", RLVROptions), ("rollout", RolloutConfig))
-        for f in dataclasses.fields(cls)
-        if not re.search(rf"\.{f.name}\b", source)
-    ]
-    assert not unread, f"config fields nothing reads: {unread}"

@@ -6,22 +6,30 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from megatron_tulu.algorithms.rlvr import advantages, loss_constant_of
+from megatron_tulu.algorithms.rlvr import advantages
 from megatron_tulu.config.schema import RLVRRunConfig
-from megatron_tulu.losses.ppo import gae_estimator, grpo_advantages, token_rewards
+from megatron_tulu.config.validate_rl import check_rl_config
+from megatron_tulu.losses import estimators
+from megatron_tulu.losses.estimators import Estimator, gae_estimator, register_estimator
+from megatron_tulu.losses.ppo import grpo_advantages, token_rewards
+from megatron_tulu.rewards.gsm8k import RULES
 
 T = 6
 
 
 def _cfg(**changes) -> RLVRRunConfig:
+    """A validated config: the KL placement and kind are resolved, as the trainer reads them."""
     cfg = RLVRRunConfig()
     cfg.rollout.samples_per_prompt = 2
     cfg.rollout.max_new_tokens = 48
+    cfg.train.global_batch_size, cfg.train.seq_length, cfg.data.max_seq_len = 0, 0, 0
     for key, value in changes.items():
         section, field = key.split("__")
         setattr(getattr(cfg, section), field, value)
+    check_rl_config(cfg, RULES)
     return cfg
 
 
@@ -103,7 +111,40 @@ def test_grpo_std_and_kl_placement():
     torch.testing.assert_close(shifted["advantages"], data["advantages"])
 
 
-def test_loss_constant_defaults_to_the_generation_budget():
-    assert loss_constant_of(_cfg()) is None
-    assert loss_constant_of(_cfg(rlvr__loss_aggregation="constant")) == 48
-    assert loss_constant_of(_cfg(rlvr__loss_aggregation="constant", rlvr__loss_constant=100)) == 100
+def test_an_unvalidated_config_is_refused():
+    cfg = RLVRRunConfig()  # rlvr.kl_placement / kl_kind left to the estimator: undecided
+    with pytest.raises(RuntimeError, match="resolved by check_rl_config"):
+        advantages(cfg, _batch())
+
+
+def rloo(*, scores: torch.Tensor, mask: torch.Tensor, group_size: int) -> tuple[torch.Tensor, None]:
+    """REINFORCE leave-one-out: each sample's score minus the mean of the other samples of its prompt."""
+    grouped = scores.reshape(-1, group_size)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).reshape(-1).unsqueeze(1) * mask, None
+
+
+def test_a_new_estimator_is_one_registry_entry(monkeypatch):
+    """docs/estimators.md: a registry entry and its pure function are all an estimator takes -- the
+    config checks and the advantages phase ask the entry for its needs, never its name."""
+    monkeypatch.setattr(estimators, "ESTIMATORS", dict(estimators.ESTIMATORS))  # a temporary copy
+    register_estimator(
+        "rloo",
+        Estimator(
+            rloo,
+            inputs=("scores", "mask"),
+            options={"group_size": "rollout.samples_per_prompt"},
+            needs_groups=True,
+        ),
+    )
+    cfg, data = _cfg(rlvr__estimator="rloo"), _batch()
+    assert (cfg.rlvr.kl_placement, cfg.rlvr.kl_kind) == ("loss", "k3")  # resolved from the entry
+    stats = advantages(cfg, data)
+    # scores (10, 0 | 10, 10) in groups of 2: 10 - 0, 0 - 10, then a constant group
+    expected = torch.tensor([10.0, -10.0, 0.0, 0.0]).unsqueeze(1) * data["mask"]
+    torch.testing.assert_close(data["advantages"], expected, rtol=0, atol=0)
+    assert "returns" not in data and set(stats) == {"kl", "entropy"}
+    with pytest.raises(ValueError, match="rlvr.estimator=rloo needs rollout.samples_per_prompt >= 2"):
+        _cfg(rlvr__estimator="rloo", rollout__samples_per_prompt=1)
+    with pytest.raises(ValueError, match="rlvr.kl_placement=reward cannot apply under rlvr.estimator=rloo"):
+        _cfg(rlvr__estimator="rloo", rlvr__kl_placement="reward")

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from megatron_tulu.algorithms.memory import (
     GB,
     activation_bytes_per_layer,
+    count_params,
     estimate_engine_memory,
     estimate_learner_memory,
     format_memory_table,
@@ -36,13 +37,19 @@ def model(name: str) -> ModelConfig:
 
 M405, M70, M8 = model("llama3.1_405b"), model("llama3.1_70b"), model("llama3.1_8b")
 
+TP8_PP6 = ParallelConfig(tp=8, pp=6)
+
+
+def dedicated(engine_tp: int, num_engines: int = 1) -> RolloutConfig:
+    return RolloutConfig(placement="dedicated", engine_tp=engine_tp, num_engines=num_engines)
+
 
 # ------------------------------------------------------------------------------------- roles
 def test_405b_tulu3_split_240_learners_plus_one_tp16_engine():
     roles = assign_roles(
         M405,
-        ParallelConfig(tp=8, pp=6),
-        RolloutConfig(placement="dedicated", engine_tp=16, num_engines=1),
+        TP8_PP6,
+        dedicated(16),
         nodes=32,
         gpus_per_node=8,
     )
@@ -76,7 +83,7 @@ def test_rank_formula_matches_the_refit_planner():
     roles = assign_roles(
         M405,
         ParallelConfig(tp=8, pp=14),
-        RolloutConfig(placement="dedicated", engine_tp=16, num_engines=2),
+        dedicated(16, num_engines=2),
         nodes=32,
     )
     assert (roles.dp, roles.learner_world_size) == (2, 224)
@@ -103,58 +110,23 @@ def test_colocated_engines_share_learner_gpus():
 
 def test_small_engines_share_a_node_with_learners():
     # Tülu 3 8B: learners and a TP1 engine on one node (here TP1 x DP7 + 1 engine)
-    roles = assign_roles(M8, ParallelConfig(tp=1), RolloutConfig(placement="dedicated", engine_tp=1), nodes=1)
+    roles = assign_roles(M8, ParallelConfig(tp=1), dedicated(1), nodes=1)
     assert roles.dp == 7 and roles.engine_ranks() == [7]
 
 
 @pytest.mark.parametrize(
     "parallel,rollout,nodes,needle",
     [
+        (TP8_PP6, dedicated(16, num_engines=16), 32, "not enough GPUs"),
+        (TP8_PP6, dedicated(16, num_engines=2), 32, "are not divisible by TP8"),
+        (TP8_PP6, dedicated(12), 32, "must cover whole nodes"),
+        (TP8_PP6, dedicated(3), 32, "does not divide gpus_per_node=8"),
+        (ParallelConfig(tp=8, pp=5), dedicated(16), 32, "num_layers=126 is not divisible by pp"),
+        (ParallelConfig(tp=8, pp=6, dp=4), dedicated(16), 32, "parallel.dp=4 needs 192"),
+        (TP8_PP6, RolloutConfig(engine_tp=16, placement="x"), 32, "placement must be"),
+        (ParallelConfig(tp=16, pp=4), dedicated(16), 10, "num_query_groups=8 is not divisible"),
         (
-            ParallelConfig(tp=8, pp=6),
-            RolloutConfig(placement="dedicated", engine_tp=16, num_engines=16),
-            32,
-            "not enough GPUs",
-        ),
-        (
-            ParallelConfig(tp=8, pp=6),
-            RolloutConfig(placement="dedicated", engine_tp=16, num_engines=2),
-            32,
-            "are not divisible by TP8",
-        ),
-        (
-            ParallelConfig(tp=8, pp=6),
-            RolloutConfig(placement="dedicated", engine_tp=12),
-            32,
-            "must cover whole nodes",
-        ),
-        (
-            ParallelConfig(tp=8, pp=6),
-            RolloutConfig(placement="dedicated", engine_tp=3),
-            32,
-            "does not divide gpus_per_node=8",
-        ),
-        (
-            ParallelConfig(tp=8, pp=5),
-            RolloutConfig(placement="dedicated", engine_tp=16),
-            32,
-            "num_layers=126 is not divisible by pp",
-        ),
-        (
-            ParallelConfig(tp=8, pp=6, dp=4),
-            RolloutConfig(placement="dedicated", engine_tp=16),
-            32,
-            "parallel.dp=4 needs 192",
-        ),
-        (ParallelConfig(tp=8, pp=6), RolloutConfig(engine_tp=16, placement="x"), 32, "placement must be"),
-        (
-            ParallelConfig(tp=16, pp=4),
-            RolloutConfig(placement="dedicated", engine_tp=16),
-            10,
-            "num_query_groups=8 is not divisible",
-        ),
-        (
-            ParallelConfig(tp=8, pp=6),
+            TP8_PP6,
             RolloutConfig(engine_tp=16, num_engines=17, placement="colocated"),
             32,
             "colocated engines need",
@@ -169,17 +141,15 @@ def test_bad_layouts_fail_with_a_clear_message(parallel, rollout, nodes, needle)
 
 def test_divisibility_error_suggests_engine_counts():
     with pytest.raises(LayoutError, match=r"num_engines=2 \(learner DP2\)"):
-        assign_roles(
-            M405, ParallelConfig(tp=8, pp=14), RolloutConfig(placement="dedicated", engine_tp=16), nodes=32
-        )
+        assign_roles(M405, ParallelConfig(tp=8, pp=14), dedicated(16), nodes=32)
 
 
 def test_multinode_engine_can_be_forbidden():
     with pytest.raises(LayoutError, match="multi-node engines are disabled"):
         assign_roles(
             M405,
-            ParallelConfig(tp=8, pp=6),
-            RolloutConfig(placement="dedicated", engine_tp=16),
+            TP8_PP6,
+            dedicated(16),
             nodes=32,
             allow_multinode_engine=False,
         )
@@ -187,7 +157,7 @@ def test_multinode_engine_can_be_forbidden():
 
 def test_engine_tp_must_shard_the_model():
     with pytest.raises(LayoutError) as err:
-        assign_roles(M8, ParallelConfig(tp=8), RolloutConfig(placement="dedicated", engine_tp=64), nodes=16)
+        assign_roles(M8, ParallelConfig(tp=8), dedicated(64), nodes=16)
     assert "num_attention_heads=32 is not divisible by rollout.engine_tp=64" in str(err.value)
     assert "valid rollout.engine_tp values: [1, 2, 4, 8, 16, 32]" in str(err.value)
 
@@ -203,7 +173,6 @@ def test_rollout_batch_and_env():
 
 # ------------------------------------------------------------------------------------ memory
 def test_stage_params_sum_to_the_model():
-    from megatron_tulu.algorithms.loop import count_params
     from megatron_tulu.config.transformer import padded_vocab_size
 
     for m, tp, pp in ((M405, 8, 6), (M8, 2, 4), (M70, 8, 5)):

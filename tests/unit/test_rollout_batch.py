@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from megatron_tulu.algorithms.rollout_batch import RolloutSample, build_rollout_tensors, row_length
+from megatron_tulu.rollout.batch import RolloutSample, build_rollout_tensors, row_length
 
 
 def sample(prompt: list[int], response: list[int], score: float = 1.0) -> RolloutSample:

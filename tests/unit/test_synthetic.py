@@ -10,14 +10,13 @@ import pytest
 from megatron_tulu.data.chat_template import validate_messages
 from megatron_tulu.data.synthetic import (
     EMBEDDED_DATA_DIR,
-    check_ifeval,
     preference_rows,
-    response_is_correct,
     rlvr_rows,
     sft_rows,
     split_of,
     write_embedded_datasets,
 )
+from megatron_tulu.data.synthetic_check import check_ifeval, response_is_correct
 
 BUILDERS = {"sft": sft_rows, "dpo": preference_rows, "rlvr": rlvr_rows}
 IFEVAL_IDS = {
@@ -188,3 +187,34 @@ def test_shipped_files_match_generator(tmp_path):
         assert sum(1 for _ in open(shipped, encoding="utf-8")) == counts[name]
         total += shipped.stat().st_size
     assert total < 3_000_000
+
+
+def test_case_rules_check_the_case_only():
+    """The one place the checker departs from rewards.ifeval: IFEval's language detection reads
+    some all-capital English replies the generator ships as chosen as another language."""
+    from megatron_tulu.rewards.ifeval import verify_ifeval
+
+    reply, ids = "A LIBRARY IS A QUIET PLACE FULL OF BOOKS.", ["change_case:english_capital"]
+    assert check_ifeval(reply, ids, [{}])
+    assert verify_ifeval(reply, {"instruction_id_list": ids, "kwargs": [{}]}, reward="all").score == 0.0
+    assert not check_ifeval(reply.lower(), ids, [{}])
+
+
+def test_synthetic_data_command(tmp_path, capsys):
+    from megatron_tulu.commands.synthetic_data import main
+
+    args = ["--n-sft", "3", "--n-dpo", "2", "--n-rlvr", "4", "--n-heldout", "1", "--n-rlvr-heldout", "1"]
+    assert main(["--out", str(tmp_path), *args]) == 0
+    assert "rlvr_heldout: " in capsys.readouterr().out
+    lines = {p.name: len(p.read_text().splitlines()) for p in tmp_path.iterdir()}
+    assert lines == {
+        "sft.jsonl": 3,
+        "dpo.jsonl": 2,
+        "rlvr.jsonl": 4,
+        "sft_heldout.jsonl": 1,
+        "dpo_heldout.jsonl": 1,
+        "rlvr_heldout.jsonl": 1,
+    }
+    assert (tmp_path / "sft.jsonl").read_text().splitlines() == [
+        json.dumps(r, ensure_ascii=False) for r in sft_rows(3)
+    ]

@@ -13,7 +13,8 @@ import pytest
 # Loading must never touch the network; set before transformers/huggingface_hub read it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from megatron_tulu.models.tiny import TINY_ARCH, build_tiny_model, main
+from megatron_tulu.commands.build_tiny import main
+from megatron_tulu.models.tiny import TINY_ARCH, build_tiny_model
 
 FILES = (
     "config.json",
@@ -39,7 +40,7 @@ def test_same_seed_gives_identical_bytes_across_processes(tiny_dir, tmp_path):
     """Rebuild in a fresh interpreter (different hash seed): weights and tokenizer training are deterministic."""
     other = tmp_path / "again"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    code = f"from megatron_tulu.models.tiny import main; raise SystemExit(main(['--out', {str(other)!r}]))"
+    code = f"from megatron_tulu.commands.build_tiny import main; raise SystemExit(main(['--out', {str(other)!r}]))"
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, timeout=120)
     for name in FILES:
         assert (tiny_dir / name).read_bytes() == (other / name).read_bytes(), name

@@ -106,18 +106,12 @@ def capital_word_frequency(response: str, capital_frequency: int, capital_relati
 
 @instruction("change_case:english_capital")
 def english_capital(response: str) -> bool:
-    if not response.isupper():
-        return False
-    detected = detect_language(response)
-    return detected is None or detected == "en"
+    return response.isupper() and response_language(response, "en")
 
 
 @instruction("change_case:english_lowercase")
 def english_lowercase(response: str) -> bool:
-    if not response.islower():
-        return False
-    detected = detect_language(response)
-    return detected is None or detected == "en"
+    return response.islower() and response_language(response, "en")
 
 
 @instruction("punctuation:no_comma")

@@ -9,7 +9,8 @@
   rank's peak receive buffers) and the refit group's one communicator (pure).
 - :mod:`.transport`: runs a plan over the refit group (grouped point-to-point, one NCCL
   communicator) into ``reload_weights``.
-- :mod:`.plan_cli`: ``megatron-tulu plan-refit`` (``--weight-dtype fp8_block``: bf16 and FP8 side by side).
+- ``megatron-tulu plan-refit`` (:mod:`megatron_tulu.commands.plan_refit`) prints a plan and its cost
+  (``--weight-dtype fp8_block``: bf16 and FP8 side by side).
 
 Engine weight dtypes (``EngineLayout.weight_dtype`` = ``rollout.weight_dtype``): ``auto`` sends the
 learner's dtype; ``fp8_block`` quantizes each GEMM-weight slice on the learner as it is sent (e4m3 +
@@ -21,35 +22,27 @@ Names are re-exported lazily so importing the package stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from megatron_tulu import lazy_exports
 
-_EXPORTS = {
-    "EngineLayout": "layouts",
-    "LearnerLayout": "layouts",
-    "MegatronParam": "layouts",
-    "PlanError": "layouts",
-    "WEIGHT_DTYPES": "layouts",
-    "check_fp8_alignment": "layouts",
-    "fp8_quantized": "layouts",
-    "fused_group": "layouts",
-    "hf_tensor_names": "layouts",
-    "learner_coords": "layouts",
-    "learner_global_rank": "layouts",
-    "learner_pieces": "layouts",
-    "vllm_region": "layouts",
-    "NaiveSummary": "planner",
-    "RefitPlan": "planner",
-    "Transfer": "planner",
-    "naive_broadcast_summary": "planner",
-    "plan_refit": "planner",
-    "ReceiveSchedule": "schedule",
-    "receive_schedule": "schedule",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "layouts": (
+            "EngineLayout",
+            "LearnerLayout",
+            "MegatronParam",
+            "PlanError",
+            "WEIGHT_DTYPES",
+            "check_fp8_alignment",
+            "fp8_quantized",
+            "fused_group",
+            "hf_tensor_names",
+            "learner_coords",
+            "learner_global_rank",
+            "learner_pieces",
+            "vllm_region",
+        ),
+        "planner": ("NaiveSummary", "RefitPlan", "Transfer", "naive_broadcast_summary", "plan_refit"),
+        "schedule": ("ReceiveSchedule", "receive_schedule"),
+    },
+)

@@ -28,13 +28,16 @@ box of the full-size HF tensor that rank ``n`` of a TP=``N`` engine's loader nar
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
 
 from megatron_tulu.config.schema import ModelConfig
 from megatron_tulu.config.transformer import padded_vocab_size
+from megatron_tulu.config.validate import learner_coords as learner_coords  # re-exported
+from megatron_tulu.config.validate import learner_global_rank as learner_global_rank  # re-exported
+from megatron_tulu.dtypes import BYTES
+from megatron_tulu.models.hf_io import shapes_for
 from megatron_tulu.models.hf_mapping import (
     COL,
     FC1,
@@ -44,13 +47,17 @@ from megatron_tulu.models.hf_mapping import (
     VOCAB,
     Shapes,
     expected_hf_shape,
+    fp8_quantized,
     hf_sources,
+    hf_tensor_names,
     shard_from_hf,
 )
+from megatron_tulu.models.hf_mapping import fp8_scale_name as fp8_scale_name  # re-exported
+from megatron_tulu.models.hf_mapping import fused_group as fused_group  # re-exported
 
 Box = tuple[tuple[int, int], ...]
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DTYPE_BYTES = BYTES  # config dtype name -> bytes per element (megatron_tulu.dtypes)
 VLLM_VOCAB_PADDING = 64  # vllm.model_executor.layers.vocab_parallel_embedding.DEFAULT_VOCAB_PADDING_SIZE
 
 # Engine weight dtypes (``rollout.weight_dtype``): "auto" = the learner's dtype on the wire;
@@ -60,19 +67,8 @@ WEIGHT_DTYPES = ("auto", "fp8_block")
 FP8_BLOCK = 128
 FP8_SCALE_BYTES = 4  # fp32 weight_scale_inv
 FP8_REST_BYTES = 2  # bf16: unquantized tensors of an fp8_block engine (fp32 is refused with fp8)
-# The HF tensors of Llama that vLLM's ``Fp8Config.get_quant_method`` quantizes: the weights of
-# ``LinearBase`` layers (QKVParallelLinear, MergedColumnParallelLinear, RowParallelLinear). The
-# embeddings and lm_head (VocabParallelEmbedding / ParallelLMHead) and the RMSNorms get no fp8
-# method and stay in the engine dtype.
-_FP8_SUFFIXES = (
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-)
+# Which HF tensors an fp8_block engine quantizes (fp8_quantized, fp8_scale_name), which ones vLLM
+# loads together (fused_group) and their order (hf_tensor_names): models/hf_mapping.py, re-exported.
 
 
 class PlanError(ValueError):
@@ -98,14 +94,6 @@ _LAYER_SUFFIXES = {
         "mlp.linear_fc2.weight",
     ),
 }
-
-_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-
-# HF tensors vLLM must receive in the same reload_weights call (fused modules).
-_FUSED_SUFFIXES = (
-    ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-    ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-)
 
 
 # --------------------------------------------------------------------------------------- layouts
@@ -141,16 +129,7 @@ class LearnerLayout:
 
     @property
     def shapes(self) -> Shapes:
-        m = self.model
-        return Shapes(
-            hidden=m.hidden_size,
-            ffn=m.ffn_hidden_size,
-            heads=m.num_attention_heads,
-            groups=m.num_query_groups,
-            head_dim=m.kv_channels,
-            vocab=m.vocab_size,
-            padded_vocab=self.vocab_padded,
-        )
+        return shapes_for(self.model, self.tp, self.vocab_padded)
 
     def stage_of_layer(self, layer: int) -> tuple[int, int]:
         """(PP stage, chunk-local layer index) of global layer ``layer``."""
@@ -271,82 +250,9 @@ def vllm_padded_vocab(vocab: int, padding: int = VLLM_VOCAB_PADDING) -> int:
     return -(-vocab // padding) * padding
 
 
-# ----------------------------------------------------------------------------------- rank order
-def learner_global_rank(tp_rank: int, pp_rank: int, dp_rank: int, tp: int, dp: int) -> int:
-    """Global rank of a learner rank: the one place that encodes Megatron's rank order.
-
-    Megatron-Core's default order ``"tp-cp-ep-dp-pp"`` (fastest-varying first) with cp = ep = 1:
-    ``rank = tp_rank + tp * (dp_rank + dp * pp_rank)``.
-    """
-    return tp_rank + tp * (dp_rank + dp * pp_rank)
-
-
-def learner_coords(rank: int, tp: int, dp: int) -> tuple[int, int, int]:
-    """Inverse of :func:`learner_global_rank`: ``(tp_rank, pp_rank, dp_rank)``."""
-    rest, tp_rank = divmod(rank, tp)
-    pp_rank, dp_rank = divmod(rest, dp)
-    return tp_rank, pp_rank, dp_rank
-
-
 # ----------------------------------------------------------------------------------- HF tensors
-def hf_tensor_names(model: ModelConfig) -> list[str]:
-    """The HF tensors vLLM loads, in checkpoint order (no ``lm_head`` when embeddings are tied:
-    vLLM skips it and ties ``lm_head`` to ``embed_tokens``)."""
-    names = ["model.embed_tokens.weight"]
-    for i in range(model.num_layers):
-        p = f"model.layers.{i}."
-        names += [
-            p + "input_layernorm.weight",
-            p + "self_attn.q_proj.weight",
-            p + "self_attn.k_proj.weight",
-            p + "self_attn.v_proj.weight",
-            p + "self_attn.o_proj.weight",
-            p + "post_attention_layernorm.weight",
-            p + "mlp.gate_proj.weight",
-            p + "mlp.up_proj.weight",
-            p + "mlp.down_proj.weight",
-        ]
-    names.append("model.norm.weight")
-    if not model.tie_word_embeddings:
-        names.append("lm_head.weight")
-    return names
-
-
 def hf_shape(model: ModelConfig, hf_name: str) -> tuple[int, ...]:
-    s = Shapes(
-        hidden=model.hidden_size,
-        ffn=model.ffn_hidden_size,
-        heads=model.num_attention_heads,
-        groups=model.num_query_groups,
-        head_dim=model.kv_channels,
-        vocab=model.vocab_size,
-        padded_vocab=model.vocab_size,
-    )
-    return expected_hf_shape(hf_name, s)
-
-
-def fused_group(hf_name: str) -> tuple[str, ...]:
-    """The HF tensors that must go into the same ``reload_weights`` call as ``hf_name``."""
-    match = _HF_LAYER.match(hf_name)
-    if match:
-        prefix = f"model.layers.{match.group(1)}."
-        for group in _FUSED_SUFFIXES:
-            if match.group(2) in group:
-                return tuple(prefix + s for s in group)
-    return (hf_name,)
-
-
-def fp8_quantized(hf_name: str) -> bool:
-    """Whether an fp8_block engine holds ``hf_name`` as e4m3 + ``weight_scale_inv`` (see ``_FP8_SUFFIXES``)."""
-    match = _HF_LAYER.match(hf_name)
-    return bool(match) and match.group(2) in _FP8_SUFFIXES
-
-
-def fp8_scale_name(hf_name: str) -> str:
-    """``...weight`` -> ``...weight_scale_inv`` (the checkpoint name vLLM's block-fp8 loader reads)."""
-    if not hf_name.endswith(".weight"):
-        raise ValueError(f"not a weight: {hf_name!r}")
-    return hf_name + "_scale_inv"
+    return expected_hf_shape(hf_name, shapes_for(model, tp=1, padded_vocab=model.vocab_size))
 
 
 def fp8_scale_box(box: Box, block: int = FP8_BLOCK) -> Box:

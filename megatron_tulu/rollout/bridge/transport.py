@@ -93,15 +93,17 @@ from datetime import timedelta
 import torch
 
 from megatron_tulu.config.schema import ModelConfig
+from megatron_tulu.dtypes import TORCH_NAMES, torch_dtype
+from megatron_tulu.kernels.fp8 import FP8_DTYPE, blockwise_fp8_quantize, scale_shape
+from megatron_tulu.models.hf_mapping import fp8_quantized, fp8_scale_name
 from megatron_tulu.rollout.bridge.layouts import (
     Box,
     EngineLayout,
     LearnerLayout,
     PlanError,
     box_numel,
-    fp8_quantized,
     fp8_scale_box,
-    fp8_scale_name,
+    learner_coords,
     megatron_local_shape,
     megatron_params,
 )
@@ -132,8 +134,6 @@ __all__ = [
 DEFAULT_BUCKET_BYTES = 256 * 2**20
 DEFAULT_TIMEOUT_S = 120.0
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 LoadFn = Callable[[Iterator[tuple[str, torch.Tensor]]], None]
 
@@ -197,9 +197,9 @@ class RefitSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        if self.dtype not in _DTYPES:
-            raise PlanError(f"refit wire dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        return _DTYPES[self.dtype]
+        if self.dtype not in TORCH_NAMES:
+            raise PlanError(f"refit wire dtype must be one of {sorted(TORCH_NAMES)}, got {self.dtype!r}")
+        return torch_dtype(self.dtype)
 
 
 _PLAN_CACHE: dict[str, RefitPlan] = {}
@@ -332,6 +332,14 @@ def _wait(work, timeout_s: float, what: Callable[[], str]) -> None:
         raise RefitError(f"{what()}: timed out after {timeout_s:g} s")
 
 
+def _wait_all(
+    works: list[tuple[list[int], object]], timeout_s: float, what: Callable[[list[int]], str]
+) -> None:
+    """Wait on each ``(peers, work)`` of a :func:`p2p_batch`; ``what(peers)`` says what failed."""
+    for peers, work in works:
+        _wait(work, timeout_s, lambda p=peers: what(p))
+
+
 def _agreement_key(
     plan: RefitPlan, bucket_bytes: int, checksums: bool, dtype: torch.dtype, receive_bytes: int | None
 ) -> int:
@@ -393,8 +401,6 @@ def local_tensors(model_chunks: list[torch.nn.Module]) -> dict[str, torch.Tensor
 
 def _check_local(plan: RefitPlan, rank: int, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
     """Refuse (before sending anything) local tensors that do not match the plan's layout."""
-    from megatron_tulu.rollout.bridge.layouts import learner_coords
-
     layout = plan.learner
     tp_rank, pp_rank, _ = learner_coords(rank, layout.tp, layout.dp)
     for info in megatron_params(layout):
@@ -424,14 +430,12 @@ def _check_local(plan: RefitPlan, rank: int, tensors: Mapping[str, torch.Tensor]
 def fp8_wire_bytes(hf_name: str, part: torch.Tensor) -> torch.Tensor:
     """One slice of an fp8_block refit as the bytes that travel (uint8, 1-D).
 
-    GEMM weights (:func:`~megatron_tulu.rollout.bridge.layouts.fp8_quantized`): the slice is a
+    GEMM weights (:func:`~megatron_tulu.models.hf_mapping.fp8_quantized`): the slice is a
     whole number of 128x128 blocks of the HF tensor (the planner refuses layouts where it is not),
     so quantizing it here gives the same e4m3 bytes and scales as quantizing the full tensor
     offline: ``e4m3 [rows, cols]`` then ``fp32 scale_inv [ceil(rows/128), ceil(cols/128)]``.
     Anything else: the slice cast to bf16.
     """
-    from megatron_tulu.kernels.fp8 import blockwise_fp8_quantize
-
     if fp8_quantized(hf_name):
         q, s = blockwise_fp8_quantize(part)
         return torch.cat(
@@ -517,26 +521,22 @@ def send_refit(
                 stats["messages"] += 1
             stats["peak_pack_bytes"] = max(stats["peak_pack_bytes"], pack_bytes)
             # the data of this bucket, then (a batch of its own) the acknowledgements
-            for peers, work in p2p_batch(group, sends):
-                _wait(
-                    work,
-                    timeout_s,
-                    lambda p=peers, b=bucket.index: (
-                        f"refit bucket {b}/{len(buckets)}: learner rank {rank} could not send to {_receivers_label(plan, p)}"
-                    ),
-                )
+            where = f"refit bucket {bucket.index}/{len(buckets)}: learner rank {rank}"
+            _wait_all(
+                p2p_batch(group, sends),
+                timeout_s,
+                lambda p, where=where: f"{where} could not send to {_receivers_label(plan, p)}",
+            )
             ack_ops = [
                 P2POp(ack, dst.peer, 2 * bucket.index + 1, recv=True) for dst, (*_, ack) in zip(sends, acks)
             ]
-            for peers, work in p2p_batch(group, ack_ops):
-                _wait(
-                    work,
-                    timeout_s,
-                    lambda p=peers, b=bucket.index: (
-                        f"refit bucket {b}/{len(buckets)}: learner rank {rank} got no acknowledgement "
-                        f"from {_receivers_label(plan, p)} (receiver died or hangs)"
-                    ),
-                )
+            _wait_all(
+                p2p_batch(group, ack_ops),
+                timeout_s,
+                lambda p, where=where: (
+                    f"{where} got no acknowledgement from {_receivers_label(plan, p)} (receiver died or hangs)"
+                ),
+            )
             stats["p2p_batches"] += 2
             for receiver, items, parts, ack in acks:
                 ack = ack.cpu()
@@ -654,12 +654,9 @@ def receive_refit(
             index, acks = pending_acks.pop(0)
             works = p2p_batch(group, [P2POp(ack, src, 2 * index + 1) for src, ack in acks])
             stats["p2p_batches"] += 1
-            for peers, work in works:
-                _wait(
-                    work,
-                    timeout_s,
-                    lambda p=peers, i=index: f"refit bucket {i}: ack to learner rank(s) {p} failed",
-                )
+            _wait_all(
+                works, timeout_s, lambda p, i=index: f"refit bucket {i}: ack to learner rank(s) {p} failed"
+            )
 
     def receive(bucket) -> dict[str, torch.Tensor]:
         """Post the bucket's receives, build its full-size buffers, place every slice."""
@@ -674,15 +671,14 @@ def receive_refit(
         buffers = _receive_buffers(plan, bucket.hf_names, dtype, device)
         live.add(*flats.values(), *buffers.values())
         live.observe()
-        for peers, work in works:
-            _wait(
-                work,
-                timeout_s,
-                lambda p=peers, b=bucket.index: (
-                    f"refit bucket {b}/{len(buckets)}: {_receiver_label(plan, receiver)} "
-                    f"received nothing from learner rank(s) {p}"
-                ),
-            )
+        _wait_all(
+            works,
+            timeout_s,
+            lambda p, b=bucket.index: (
+                f"refit bucket {b}/{len(buckets)}: {_receiver_label(plan, receiver)} "
+                f"received nothing from learner rank(s) {p}"
+            ),
+        )
         del works
         acks = []
         for src, flat in flats.items():
@@ -772,8 +768,6 @@ def _receive_buffers(
 ) -> dict[str, torch.Tensor]:
     """Transient full-size HF tensors of one bucket (uninitialised: a vLLM rank's loader only reads
     its own region). fp8_block: e4m3 weights with their fp32 ``weight_scale_inv``, bf16 otherwise."""
-    from megatron_tulu.kernels.fp8 import FP8_DTYPE, scale_shape
-
     out = {}
     for name in names:
         shape = plan.hf_shapes[name]
@@ -789,8 +783,6 @@ def _receive_buffers(
 
 def _unpack_fp8(t: Transfer, raw: torch.Tensor, buffers: dict[str, torch.Tensor], device) -> None:
     """Place one received fp8_block slice (:func:`fp8_wire_bytes` layout) into the bucket buffers."""
-    from megatron_tulu.kernels.fp8 import FP8_DTYPE
-
     shape = _box_shape(t.dst_slice)
     if not fp8_quantized(t.hf_name):
         # clone: a fresh, aligned storage (a uint8 slice at an odd offset cannot be viewed as bf16)
@@ -803,7 +795,3 @@ def _unpack_fp8(t: Transfer, raw: torch.Tensor, buffers: dict[str, torch.Tensor]
     buffers[t.hf_name][_slices(t.dst_slice)].copy_(raw[:k].view(FP8_DTYPE).view(shape).to(device))
     scales = raw[k:].clone().view(torch.float32).view(_box_shape(sbox))
     buffers[fp8_scale_name(t.hf_name)][_slices(sbox)].copy_(scales.to(device))
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return _DTYPE_NAMES[dtype]

@@ -1,9 +1,7 @@
 """Worker: reference log-probs + one DPO step on shipped preference pairs at a given layout."""
 
-import argparse
-
-import head_spy  # records the log-prob path taken
-import torch
+import head_spy  # noqa: F401 (records the log-prob path taken; save_step reports it)
+from step_common import init_layout, layout_parser, save_step, step_optimizer
 
 from megatron_tulu.algorithms.dpo import (
     EMBEDDED_DPO,
@@ -14,32 +12,23 @@ from megatron_tulu.algorithms.dpo import (
 )
 from megatron_tulu.algorithms.ref_cache import compute_reference_logps
 from megatron_tulu.config.load import load_config
-from megatron_tulu.config.schema import DPORunConfig, OptimizerConfig, ParallelConfig, PrecisionConfig
+from megatron_tulu.config.schema import DPORunConfig, PrecisionConfig
 from megatron_tulu.data.preference import load_preference_examples
 from megatron_tulu.data.tokenizer import load_tokenizer
 from megatron_tulu.engine.model import build_model
-from megatron_tulu.engine.optimizer import build_optimizer
-from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
-from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights, model_config_from_hf
+from megatron_tulu.engine.parallel import destroy_parallel
+from megatron_tulu.engine.train_step import train_step
+from megatron_tulu.models.hf_io import load_hf_weights
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--hf", required=True)
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--micro-batch", type=int, default=2)
-    p.add_argument("--global-batch", type=int, default=8)
+    p = layout_parser()
     p.add_argument("--mode", default="concatenated")
     p.add_argument("--loss", default="dpo_norm")
-    p.add_argument("--out", required=True)
     p.add_argument("--unfused", action="store_true", help="train.fused_log_probs=false")
     args = p.parse_args()
 
-    model_cfg = model_config_from_hf(args.hf)
-    parallel = ParallelConfig(tp=args.tp, pp=args.pp)
-    info = init_parallel(model_cfg, parallel, seed=1)
+    model_cfg, parallel, info = init_layout(args)
     cfg = load_config(
         [
             f"dpo.loss={args.loss}",
@@ -66,10 +55,7 @@ def main() -> None:
     )
     # perturb the reference so the loss is not at its trivial starting point (policy == reference)
     ref = {**ref, "chosen": ref["chosen"] + 0.5, "rejected": ref["rejected"] - 0.25}
-    optimizer = build_optimizer(
-        chunks, OptimizerConfig(lr=1e-3, adam_eps=1e-4, clip_grad=1e9), parallel, PrecisionConfig()
-    )
-    prepare_model_for_training(chunks, optimizer)
+    optimizer = step_optimizer(chunks, parallel)
     build = make_batch_builder(pairs, args.mode, 1, fixed, ref)
     per = args.global_batch // info.dp
     mine = list(range(info.dp_rank * per, (info.dp_rank + 1) * per))
@@ -84,9 +70,7 @@ def main() -> None:
         seq_length=fixed or 0,
         micro_batch_size=args.micro_batch * (2 if args.mode == "concatenated" else 1),
     )
-    grads = collect_hf_state_on_rank0(chunks, model_cfg, accessor=lambda prm: prm.main_grad)
-    if info.rank == 0:
-        torch.save({"ref": ref, "metrics": res.metrics, "grads": grads, "paths": head_spy.paths()}, args.out)
+    save_step(chunks, model_cfg, info.rank, args.out, ref=ref, metrics=res.metrics)
     destroy_parallel()
 
 

@@ -7,15 +7,14 @@ and every local parameter gradient of both. Also runs the kernel alone on the TP
 differentiable entropy term against the unfused kernel reference.
 """
 
-import argparse
-
 import torch
 from megatron.core import parallel_state
 from megatron_tulu.kernels import fused_vocab_parallel_log_probs, unfused_vocab_parallel_log_probs
+from step_common import init_layout, layout_parser
 
-from megatron_tulu.config.schema import ParallelConfig, PrecisionConfig
+from megatron_tulu.config.schema import PrecisionConfig
 from megatron_tulu.engine.model import build_model
-from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+from megatron_tulu.engine.parallel import destroy_parallel
 from megatron_tulu.engine.train_step import forward_backward
 from megatron_tulu.losses.vocab_parallel import (
     TokenHead,
@@ -23,7 +22,7 @@ from megatron_tulu.losses.vocab_parallel import (
     gpt_hidden_states,
     output_weight,
 )
-from megatron_tulu.models.hf_io import load_hf_weights, model_config_from_hf
+from megatron_tulu.models.hf_io import load_hf_weights
 
 TEMP = 0.7
 
@@ -88,15 +87,9 @@ def kernel_on_tp_group(chunks, vocab: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--hf", required=True)
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--out", required=True)
+    p = layout_parser(batches=False)
     args = p.parse_args()
-    cfg = model_config_from_hf(args.hf)
-    parallel = ParallelConfig(tp=args.tp, pp=args.pp)
-    init_parallel(cfg, parallel, seed=5)
+    cfg, parallel, _ = init_layout(args, seed=5)
     chunks = build_model(cfg, parallel, PrecisionConfig(), wrap_ddp=False)
     load_hf_weights(chunks, cfg, args.hf)
     res = {"unfused": run(chunks, cfg.vocab_size, False), "fused": run(chunks, cfg.vocab_size, True)}

@@ -52,11 +52,14 @@ def full_logits(chunks, cfg: ModelConfig) -> torch.Tensor | None:
     return gather_vocab_logits(out[0], cfg.vocab_size)
 
 
-def one_step(chunks, cfg, parallel, precision):
-    optimizer = build_optimizer(chunks, OptimizerConfig(lr=1e-3, adam_eps=1e-4), parallel, precision)
-    scheduler = build_scheduler(optimizer, OptimizerConfig(lr=1e-3, warmup_ratio=0.0), total_steps=10)
+def one_step(chunks, cfg, parallel, precision, opt_cfg=None, ids=None):
+    """One Adam step of next-token loss on ``ids`` (default :func:`tokens_for`); returns the optimizer
+    and its scheduler (``opt_cfg``'s LR, constant: no warmup in 10 steps)."""
+    opt_cfg = opt_cfg or OptimizerConfig(lr=1e-3, adam_eps=1e-4, warmup_ratio=0.0)
+    optimizer = build_optimizer(chunks, opt_cfg, parallel, precision)
+    scheduler = build_scheduler(optimizer, opt_cfg, total_steps=10)
     prepare_model_for_training(chunks, optimizer)
-    ids = tokens_for(cfg)
+    ids = tokens_for(cfg) if ids is None else ids
 
     def step(it, model):
         x = next(it)

@@ -8,14 +8,28 @@ import random
 import head_spy  # records the log-prob path taken
 import torch
 
-from megatron_tulu.algorithms.rlvr import PolicyActor, RolloutSample, ValueCritic, ppo_updates, prepare_batch
+from megatron_tulu.algorithms.rlvr import (
+    PolicyActor,
+    ValueCritic,
+    advantages,
+    log_probs_and_values,
+    ppo_updates,
+)
 from megatron_tulu.algorithms.value_model import build_value_model
 from megatron_tulu.config.schema import ParallelConfig, RLVRRunConfig
+from megatron_tulu.config.validate_rl import check_rl_options
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
 from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
 from megatron_tulu.engine.train_step import prepare_model_for_training
 from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights, model_config_from_hf
+from megatron_tulu.rollout.batch import RolloutSample
+
+
+def prepare_batch(cfg, samples, actor: PolicyActor, critic: ValueCritic | None, pad_id: int, info):
+    """Log-probs, values and advantages of a batch (the two phases before the update)."""
+    data = log_probs_and_values(cfg, samples, actor, critic, pad_id, info)
+    return data, advantages(cfg, data)
 
 
 def rollouts(vocab: int, n: int, group: int) -> list[RolloutSample]:
@@ -60,6 +74,7 @@ def main() -> None:
     cfg.train.fused_log_probs = not args.unfused
     cfg.rollout.temperature = args.temperature
     cfg.optimizer.lr, cfg.optimizer.warmup_ratio, cfg.optimizer.adam_eps = 1e-3, 0.0, 1e-4
+    check_rl_options(cfg)  # the KL placement and kind the trainer reads, as its config check decides them
     info = init_parallel(cfg.model, cfg.parallel, seed=3)
     policy = build_model(cfg.model, cfg.parallel, cfg.precision)
     load_hf_weights(policy, cfg.model, args.hf)
@@ -80,8 +95,8 @@ def main() -> None:
             samples = [RolloutSample(**s) for s in json.load(f)]
     else:
         samples = rollouts(cfg.model.vocab_size, 8, cfg.rollout.samples_per_prompt)
-    actor = PolicyActor(cfg, policy, reference, popt, psched)
-    critic = ValueCritic(cfg, value, vopt, vsched) if value is not None else None
+    actor = PolicyActor(policy, popt, psched, cfg=cfg, reference=reference)
+    critic = ValueCritic(value, vopt, vsched, cfg=cfg) if value is not None else None
     data, stats = prepare_batch(cfg, samples, actor, critic, 1, info)
     upd = ppo_updates(cfg, data, actor, critic, 0)
     weights = collect_hf_state_on_rank0(policy, cfg.model)

@@ -4,42 +4,32 @@ Saves the loss, the HF-named gradients (main_grad) and, with --per-token, the pe
 the packed and the unpacked forward of the same examples.
 """
 
-import argparse
-
-import head_spy  # records the log-prob path taken
+import head_spy  # noqa: F401 (records the log-prob path taken; save_step reports it)
 import torch
+from step_common import init_layout, layout_parser, save_step, step_optimizer
 
 from megatron_tulu.algorithms.sft import EMBEDDED_SFT, make_forward_step
-from megatron_tulu.config.schema import OptimizerConfig, ParallelConfig, PrecisionConfig
+from megatron_tulu.config.schema import PrecisionConfig
 from megatron_tulu.data.packing import block_causal_mask, collate_rows, pack_examples, pad_batch
 from megatron_tulu.data.sft import load_sft_examples
 from megatron_tulu.data.tokenizer import load_tokenizer
 from megatron_tulu.engine.model import build_model
-from megatron_tulu.engine.optimizer import build_optimizer
-from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
+from megatron_tulu.engine.parallel import destroy_parallel
+from megatron_tulu.engine.train_step import train_step
 from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
-from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights, model_config_from_hf
+from megatron_tulu.models.hf_io import load_hf_weights
 
 SEQ = 128
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--hf", required=True)
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--micro-batch", type=int, default=2)
-    p.add_argument("--global-batch", type=int, default=8)
+    p = layout_parser()
     p.add_argument("--mode", choices=["packed", "padded", "padded_fixed", "per_token"], default="packed")
     p.add_argument("--reduction", default="sum")
-    p.add_argument("--out", required=True)
     p.add_argument("--unfused", action="store_true", help="log-probs from the output layer's logits")
     args = p.parse_args()
 
-    cfg = model_config_from_hf(args.hf)
-    parallel = ParallelConfig(tp=args.tp, pp=args.pp)
-    info = init_parallel(cfg, parallel, seed=1)
+    cfg, parallel, info = init_layout(args)
     tok = load_tokenizer(args.hf)
     examples, _ = load_sft_examples([str(EMBEDDED_SFT)], tok, max_seq_len=SEQ)
     chunks = build_model(cfg, parallel, PrecisionConfig())
@@ -73,10 +63,7 @@ def main() -> None:
         destroy_parallel()
         return
 
-    optimizer = build_optimizer(
-        chunks, OptimizerConfig(lr=1e-3, adam_eps=1e-4, clip_grad=1e9), parallel, PrecisionConfig()
-    )
-    prepare_model_for_training(chunks, optimizer)
+    optimizer = step_optimizer(chunks, parallel)
     if args.mode == "packed":
         rows = pack_examples(examples, SEQ, pad_id=1)
         glob = [rows[i] for i in range(args.global_batch)]
@@ -105,12 +92,7 @@ def main() -> None:
         seq_length=micro[0]["tokens"].shape[1],
         micro_batch_size=args.micro_batch,
     )
-    grads = collect_hf_state_on_rank0(chunks, cfg, accessor=lambda prm: prm.main_grad)
-    if info.rank == 0:
-        torch.save(
-            {"metrics": res.metrics, "grads": grads, "grad_norm": res.grad_norm, "paths": head_spy.paths()},
-            args.out,
-        )
+    save_step(chunks, cfg, info.rank, args.out, metrics=res.metrics, grad_norm=res.grad_norm)
     destroy_parallel()
 
 

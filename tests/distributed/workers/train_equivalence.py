@@ -4,19 +4,18 @@ Run under torchrun by tests/distributed/test_engine_equivalence.py. Everything i
 naming on rank 0 so layouts can be compared tensor by tensor.
 """
 
-import argparse
-
 import torch
 from megatron.core import parallel_state
+from step_common import init_layout, layout_parser
 
-from megatron_tulu.config.schema import OptimizerConfig, ParallelConfig, PrecisionConfig
+from megatron_tulu.config.schema import OptimizerConfig, PrecisionConfig
 from megatron_tulu.engine.model import build_model
 from megatron_tulu.engine.optimizer import build_optimizer
-from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
+from megatron_tulu.engine.parallel import destroy_parallel
 from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
 from megatron_tulu.losses.lm import masked_token_loss
 from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
-from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights, model_config_from_hf
+from megatron_tulu.models.hf_io import collect_hf_state_on_rank0, load_hf_weights
 
 VOCAB = 0  # set in main()
 
@@ -47,23 +46,15 @@ def forward_step(data_iterator, model):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--hf", required=True)
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--micro-batch", type=int, default=2)
-    p.add_argument("--global-batch", type=int, default=8)
+    p = layout_parser()
     p.add_argument("--clip-grad", type=float, default=1.0)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
-    p.add_argument("--out", required=True)
     args = p.parse_args()
 
     global VOCAB
-    cfg = model_config_from_hf(args.hf)
+    cfg, parallel, info = init_layout(args, recompute=args.recompute)
     VOCAB = cfg.vocab_size
-    parallel = ParallelConfig(tp=args.tp, pp=args.pp, recompute=args.recompute)
-    info = init_parallel(cfg, parallel, seed=1)
     precision = PrecisionConfig(params_dtype="bf16" if args.bf16 else "fp32")
     chunks = build_model(cfg, parallel, precision)
     load_hf_weights(chunks, cfg, args.hf)

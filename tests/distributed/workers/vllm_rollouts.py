@@ -8,8 +8,9 @@ import argparse
 import dataclasses
 import json
 
-from megatron_tulu.algorithms.rlvr import ASSETS, load_prompts, score_outputs
-from megatron_tulu.data.tokenizer import load_tokenizer
+from megatron_tulu.data.rlvr_prompts import load_rlvr_prompts
+from megatron_tulu.data.tokenizer import DATA_DIR, load_tokenizer
+from megatron_tulu.evaluation.rl import score_outputs
 from megatron_tulu.rewards import DEFAULT_ALPHA, DEFAULT_NO_EOS_PENALTY
 from megatron_tulu.rollout.engine import RolloutEngine, SamplingSettings
 
@@ -21,7 +22,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     tokenizer = load_tokenizer(args.hf)
-    prompts = load_prompts([str(ASSETS / "rlvr.jsonl")], tokenizer, 112)[: args.prompts]
+    prompts = load_rlvr_prompts([str(DATA_DIR / "rlvr.jsonl")], tokenizer, 112)[: args.prompts]
     with RolloutEngine(
         args.hf, tp=1, dtype="float32", seed=0, kv_cache_bytes=128 << 20, max_model_len=256
     ) as engine:

@@ -19,13 +19,11 @@ Prints ``RESULT {json}`` (with the layouts: ``learner_tp``, ``learner_pp``, ``en
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+LEARNER = Path(__file__).resolve().parent / "refit_learner.py"
 SEQUENCES = [
     [5, 6, 7, 8, 9, 10, 11, 12],
     [100, 2000, 31, 7, 7, 3998, 42, 1, 17, 256, 3000, 9],
@@ -65,12 +63,13 @@ def main() -> None:
     args = p.parse_args()
     ltp, lpp, etp = args.learner_tp, args.learner_pp, args.engine_tp
 
+    from benchmarks.common import torchrun_beside
     from megatron_tulu.models.fp8_export import engine_model_dir
     from megatron_tulu.models.hf_io import model_config_from_hf
     from megatron_tulu.rollout.bridge.layouts import EngineLayout, LearnerLayout
     from megatron_tulu.rollout.bridge.transport import RefitSpec
     from megatron_tulu.rollout.engine import RolloutEngine
-    from tests.helpers import REPO, free_port
+    from tests.helpers import free_port
 
     work = Path(args.workdir)
     cfg = model_config_from_hf(args.hf)
@@ -96,37 +95,16 @@ def main() -> None:
         )
         port = free_port()
         out = Path(tempfile.mkdtemp(prefix="fp8_refit_learner_", dir=work))
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={ltp * lpp}",
-            f"--master_port={free_port()}",
-            str(REPO / "tests/integration/workers/refit_learner.py"),
-            "--hf",
-            args.hf,
-            "--tp",
-            str(ltp),
-            "--pp",
-            str(lpp),
-            "--sequences",
-            json.dumps(SEQUENCES),
-            "--bucket-bytes",
-            str(args.bucket_bytes),
-            "--weight-dtype",
-            "fp8_block",
-            "--engine",
-            f"127.0.0.1:{port}:{etp}",
-            "--out",
-            str(out),
+        learner_args = [
+            *("--hf", args.hf, "--tp", str(ltp), "--pp", str(lpp), "--out", str(out)),
+            *("--sequences", json.dumps(SEQUENCES), "--bucket-bytes", str(args.bucket_bytes)),
+            *("--weight-dtype", "fp8_block", "--engine", f"127.0.0.1:{port}:{etp}"),
         ]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
-        for key in ("VLLM_CPU_OMP_THREADS_BIND", "MEGATRON_TULU_TEST_RELAX_AMX"):
-            env.pop(key, None)
-        log = open(out / "learner.log", "w")
-        learner = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         rounds = []
-        try:
+        drop = ("VLLM_CPU_OMP_THREADS_BIND", "MEGATRON_TULU_TEST_RELAX_AMX")
+        with torchrun_beside(
+            LEARNER, ltp * lpp, learner_args, out / "learner.log", name="learner", timeout=600, drop_env=drop
+        ):
             engine.join_refit_group("127.0.0.1", port, spec, timeout_s=300)
             for round_ in range(2):
                 t0 = time.perf_counter()
@@ -140,14 +118,6 @@ def main() -> None:
                     }
                 )
             engine.leave_refit_group()
-            rc = learner.wait(timeout=600)
-        finally:
-            if learner.poll() is None:
-                learner.kill()
-                learner.wait()
-            log.close()
-        if rc != 0:
-            raise RuntimeError("learner failed:\n" + (out / "learner.log").read_text()[-6000:])
         result["rounds"] = rounds
         result["learner_ranks"] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(ltp * lpp)]
     finally:

@@ -10,13 +10,11 @@ send stats, and the engine start times.
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+LEARNER = Path(__file__).resolve().parent / "refit_learner.py"
 SEQUENCES = [
     [5, 6, 7, 8, 9, 10, 11, 12],
     [100, 2000, 31, 7, 7, 3998, 42, 1, 17, 256, 3000, 9],
@@ -33,11 +31,12 @@ def main() -> None:
     p.add_argument("--receive-buffer-bytes", type=int, default=None, help="engine ranks' refit buffer bound")
     args = p.parse_args()
 
+    from benchmarks.common import torchrun_beside
     from megatron_tulu.models.hf_io import model_config_from_hf
     from megatron_tulu.rollout.bridge.layouts import EngineLayout, LearnerLayout
     from megatron_tulu.rollout.bridge.transport import RefitSpec
     from megatron_tulu.rollout.engine import RolloutEngine
-    from tests.helpers import REPO, free_port
+    from tests.helpers import free_port
 
     cfg = model_config_from_hf(args.hf)
     engines = {}
@@ -60,35 +59,17 @@ def main() -> None:
                 for etp in engines
             }
             out = Path(tempfile.mkdtemp(prefix="refit_learner_"))
-            cmd = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                f"--nproc_per_node={tp * pp}",
-                f"--master_port={free_port()}",
-                str(REPO / "tests/integration/workers/refit_learner.py"),
-                "--hf",
-                args.hf,
-                "--tp",
-                str(tp),
-                "--pp",
-                str(pp),
-                "--sequences",
-                json.dumps(SEQUENCES),
-                "--bucket-bytes",
-                str(args.bucket_bytes),
-                "--out",
-                str(out),
+            learner_args = [
+                *("--hf", args.hf, "--tp", str(tp), "--pp", str(pp), "--out", str(out)),
+                *("--sequences", json.dumps(SEQUENCES), "--bucket-bytes", str(args.bucket_bytes)),
             ]
             for etp in engines:
-                cmd += ["--engine", f"127.0.0.1:{ports[etp]}:{etp}"]
+                learner_args += ["--engine", f"127.0.0.1:{ports[etp]}:{etp}"]
             if args.receive_buffer_bytes:
-                cmd += ["--receive-buffer-bytes", str(args.receive_buffer_bytes)]
-            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
-            env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-            log = open(out / "learner.log", "w")
-            learner = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
+                learner_args += ["--receive-buffer-bytes", str(args.receive_buffer_bytes)]
+            with torchrun_beside(
+                LEARNER, tp * pp, learner_args, out / "learner.log", name=f"learner {layout}", timeout=600
+            ):
                 for etp, eng in engines.items():
                     eng.join_refit_group("127.0.0.1", ports[etp], specs[etp], timeout_s=180)
                 run = {"learner": layout, "engines": {}}
@@ -104,14 +85,6 @@ def main() -> None:
                         entry["rounds"].append({"workers": stats, "rpc_seconds": seconds, "logprobs": lps})
                 for eng in engines.values():
                     eng.leave_refit_group()
-                rc = learner.wait(timeout=600)
-            finally:
-                if learner.poll() is None:
-                    learner.kill()
-                    learner.wait()
-                log.close()
-            if rc != 0:
-                raise RuntimeError(f"learner {layout} failed:\n" + (out / "learner.log").read_text()[-6000:])
             run["learner_ranks"] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(tp * pp)]
             result["runs"].append(run)
         # the generation API on the refit weights: greedy and seeded sampling

@@ -16,46 +16,10 @@ from megatron.core import parallel_state
 
 from megatron_tulu.config.schema import OptimizerConfig, ParallelConfig, PrecisionConfig
 from megatron_tulu.engine.model import build_model
-from megatron_tulu.engine.optimizer import build_optimizer, build_scheduler
 from megatron_tulu.engine.parallel import destroy_parallel, init_parallel
-from megatron_tulu.engine.train_step import prepare_model_for_training, train_step
-from megatron_tulu.losses.lm import masked_token_loss
-from megatron_tulu.losses.vocab_parallel import vocab_parallel_log_probs
 from megatron_tulu.models.hf_io import load_hf_weights, model_config_from_hf
 from megatron_tulu.rollout.refit import LearnerRefit, learner_sequence_logprobs, refit_spec_for
-
-
-def one_step(chunks, cfg, parallel, lr: float) -> None:
-    opt_cfg = OptimizerConfig(lr=lr, warmup_ratio=0.0)
-    optimizer = build_optimizer(chunks, opt_cfg, parallel, PrecisionConfig())
-    scheduler = build_scheduler(optimizer, opt_cfg, total_steps=10)
-    prepare_model_for_training(chunks, optimizer)
-    ids = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(7))
-
-    def step(it, model):
-        x = next(it)
-        pos = torch.arange(x.shape[1] - 1).unsqueeze(0).expand(x.shape[0], -1)
-        logits = model(input_ids=x[:, :-1], position_ids=pos, attention_mask=None)
-
-        def loss_func(output):
-            mask = torch.ones_like(x[:, 1:])
-            loss, n = masked_token_loss(-vocab_parallel_log_probs(output, x[:, 1:], cfg.vocab_size), mask)
-            return loss, n, {"loss": torch.stack([loss.detach(), n.float()])}
-
-        return logits, loss_func
-
-    for chunk in chunks:
-        chunk.train()
-    train_step(
-        step,
-        iter([ids]),
-        chunks,
-        optimizer,
-        scheduler,
-        num_microbatches=1,
-        seq_length=ids.shape[1] - 1,
-        micro_batch_size=ids.shape[0],
-    )
+from tests.distributed.workers.logits_worker import one_step
 
 
 def main() -> None:
@@ -95,7 +59,12 @@ def main() -> None:
     record = {"rank": rank, "rounds": []}
     for round_ in range(2):
         if round_ == 1:
-            one_step(chunks, cfg, parallel, args.lr)
+            for chunk in chunks:
+                chunk.train()
+            ids = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(7))
+            one_step(
+                chunks, cfg, parallel, PrecisionConfig(), OptimizerConfig(lr=args.lr, warmup_ratio=0.0), ids
+            )
         # round 0 also exercises the per-slice checksums
         stats = [r.send(chunks, bucket_bytes=args.bucket_bytes, checksums=round_ == 0) for r in refits]
         lps = learner_sequence_logprobs(chunks, cfg, sequences)

@@ -5,6 +5,7 @@ and the engine-start checks. No vLLM engine here (tests/integration/test_fp8_ref
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -25,30 +26,19 @@ from megatron_tulu.rollout.bridge.layouts import (
 from megatron_tulu.rollout.bridge.planner import plan_refit
 from megatron_tulu.rollout.bridge.transport import (
     RefitSpec,
-    destroy_refit_group,
-    init_refit_group,
     plan_fingerprint,
-    receive_refit,
-    send_refit,
 )
-from tests.helpers import free_port
-from tests.unit.bridge.test_transport import learner_tensors, random_hf, run_parties
+from tests.unit.bridge.refit_helpers import (
+    random_hf,
+    refit_in_threads,
+    small_model,
+)
 
 pytestmark = pytest.mark.distributed
 
 
-def aligned_model(*, layers=2, hidden=256, heads=4, groups=2, head_dim=128, ffn=512, vocab=301, tied=False):
-    return ModelConfig(
-        name="fp8",
-        num_layers=layers,
-        hidden_size=hidden,
-        ffn_hidden_size=ffn,
-        num_attention_heads=heads,
-        num_query_groups=groups,
-        kv_channels=head_dim,
-        vocab_size=vocab,
-        tie_word_embeddings=tied,
-    )
+# GEMM shards of whole 128 x 128 blocks at TP <= 2
+aligned_model = partial(small_model, name="fp8", hidden=256, ffn=512, head_dim=128)
 
 
 def expected_fp8_bytes(model: ModelConfig, rank: int, tp: int) -> tuple[int, int]:
@@ -174,7 +164,6 @@ def test_fp8_transport_delivers_offline_quantization_bytes(tp, pp, dp, etp, ne, 
     hf = random_hf(model, seed=5, dtype=src_dtype)
     learner = LearnerLayout(tp=tp, pp=pp, dp=dp, model=model, dtype_bytes=src_dtype.itemsize)
     engine = EngineLayout(tp=etp, num_engines=ne, weight_dtype="fp8_block")
-    seen: dict = {}
 
     def region_of(name, n):
         if name.endswith("_scale_inv"):
@@ -182,59 +171,16 @@ def test_fp8_transport_delivers_offline_quantization_bytes(tp, pp, dp, etp, ne, 
             return fp8_scale_box(vllm_region(model, base, n, etp))
         return vllm_region(model, name, n, etp)
 
-    plan = plan_refit(learner, engine)
-    local = learner_tensors(learner, hf)
-    world, port = learner.world_size + engine.world_size, free_port()
-
-    def learner_party(rank):
-        def fn():
-            group = init_refit_group("127.0.0.1", port, rank, world, "gloo", timeout_s=30)
-            try:
-                return send_refit(
-                    plan, local[rank], group, rank, bucket_bytes=300_000, checksums=True, timeout_s=30
-                )
-            finally:
-                destroy_refit_group(group)
-
-        return fn
-
-    def receiver_party(e, n):
-        def fn():
-            group = init_refit_group("127.0.0.1", port, learner.world_size + e * etp + n, world, "gloo", 30)
-
-            def load(stream):
-                for name, full in stream:
-                    box = tuple(slice(a, b) for a, b in region_of(name, n))
-                    seen[(e, n, name)] = full[box].clone()
-
-            try:
-                return receive_refit(
-                    plan,
-                    e,
-                    n,
-                    group,
-                    load,
-                    dtype=src_dtype,
-                    bucket_bytes=300_000,
-                    checksums=True,
-                    timeout_s=30,
-                )
-            finally:
-                destroy_refit_group(group)
-
-        return fn
-
-    parties = [learner_party(r) for r in range(learner.world_size)]
-    parties += [receiver_party(e, n) for e in range(ne) for n in range(etp)]
-    stats = run_parties(parties)
-    sent, received = stats[: learner.world_size], stats[learner.world_size :]
+    plan, sent, received, seen = refit_in_threads(
+        learner, engine, hf, bucket_bytes=300_000, checksums=True, dtype=src_dtype, region=region_of
+    )
     for w in received:
         assert w["bytes_received"] == w["shard_bytes"] == plan.shard_bytes[(w["engine"], w["rank"])]
         assert w["weight_dtype"] == "fp8_block"
     assert sum(s["bytes_sent"] for s in sent) == sum(w["bytes_received"] for w in received)
     for e in range(ne):
         for n in range(etp):
-            check_receiver(model, hf, {k[2]: v for k, v in seen.items() if k[:2] == (e, n)}, n, etp)
+            check_receiver(model, hf, seen[(e, n)], n, etp)
 
 
 def check_receiver(model, hf, got, n, etp):
@@ -311,7 +257,7 @@ def test_engine_start_checks_fp8_checkpoint_and_dtype(tmp_path):
 
 
 def test_plan_refit_cli_reports_both_weight_dtypes(tmp_path, capsys):
-    from megatron_tulu.rollout.bridge.plan_cli import main
+    from megatron_tulu.commands.plan_refit import main
 
     out = tmp_path / "plan.json"
     # llama3.1_8b at learner TP8 -> engine TP8: every GEMM shard is a whole number of blocks

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from functools import partial
 
 import pytest
 import torch
 
-from megatron_tulu.config.schema import ModelConfig
-from megatron_tulu.models.hf_mapping import shard_from_hf
 from megatron_tulu.rollout.bridge.layouts import (
     EngineLayout,
     LearnerLayout,
@@ -27,45 +26,15 @@ from megatron_tulu.rollout.bridge.layouts import (
     learner_coords,
     learner_global_rank,
     learner_pieces,
-    megatron_local_shape,
     megatron_params,
     vllm_region,
 )
 from megatron_tulu.rollout.bridge.planner import naive_broadcast_summary, plan_refit
+from tests.unit.bridge import refit_helpers
+from tests.unit.bridge.refit_helpers import learner_tensors, random_hf
 
-
-def small_model(*, heads=8, groups=2, head_dim=8, hidden=64, ffn=96, vocab=1001, layers=2, tied=False):
-    return ModelConfig(
-        name="rand",
-        num_layers=layers,
-        hidden_size=hidden,
-        ffn_hidden_size=ffn,
-        num_attention_heads=heads,
-        num_query_groups=groups,
-        kv_channels=head_dim,
-        vocab_size=vocab,
-        tie_word_embeddings=tied,
-        make_vocab_size_divisible_by=128,
-    )
-
-
-def random_hf(model: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {n: torch.randn(hf_shape(model, n), generator=g) for n in hf_tensor_names(model)}
-
-
-def learner_tensors(layout: LearnerLayout, hf: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
-    """global rank -> {chunk-local Megatron name: local tensor}, as each learner rank holds them."""
-    s = layout.shapes
-    ranks: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
-    for info in megatron_params(layout):
-        for tp_rank in range(layout.tp):
-            local = shard_from_hf(info.kind, [hf[n] for n in info.hf_names], s, layout.tp, tp_rank)
-            assert tuple(local.shape) == megatron_local_shape(layout, info)
-            for dp_rank in range(layout.dp):
-                rank = learner_global_rank(tp_rank, info.pp_stage, dp_rank, layout.tp, layout.dp)
-                ranks[rank][info.name] = local.clone()
-    return ranks
+# 8 query heads of 8, and a vocabulary (1001) that neither vLLM (64) nor Megatron (128 x TP) padding divides
+small_model = partial(refit_helpers.small_model, heads=8, head_dim=8, vocab=1001)
 
 
 def execute(plan, learner: LearnerLayout, engine: EngineLayout, hf: dict[str, torch.Tensor]) -> None:
@@ -356,7 +325,7 @@ def test_merge_joins_runs_contiguous_on_both_sides():
 def test_plan_refit_cli(tmp_path, capsys):
     import json
 
-    from megatron_tulu.rollout.bridge.plan_cli import main
+    from megatron_tulu.commands.plan_refit import main
 
     out = tmp_path / "plan.json"
     rc = main(["model=tiny", "parallel.tp=2", "parallel.pp=2", "--learner-gpus", "8", "--engine-tp", "2",

@@ -5,6 +5,7 @@ communicator count, the engine memory estimate with the refit buffers, and the 4
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
@@ -13,19 +14,9 @@ from megatron_tulu.config.schema import ModelConfig, RolloutConfig
 from megatron_tulu.rollout.bridge.layouts import EngineLayout, LearnerLayout, PlanError
 from megatron_tulu.rollout.bridge.planner import plan_refit
 from megatron_tulu.rollout.bridge.schedule import MIB, buffer_bytes, receive_schedule, reload_calls
+from tests.unit.bridge import refit_helpers
 
-
-def small_model(layers: int = 4) -> ModelConfig:
-    return ModelConfig(
-        name="rand",
-        num_layers=layers,
-        hidden_size=64,
-        ffn_hidden_size=96,
-        num_attention_heads=4,
-        num_query_groups=2,
-        kv_channels=16,
-        vocab_size=301,
-    )
+small_model = partial(refit_helpers.small_model, layers=4)
 
 
 def test_reload_calls_take_buckets_while_the_worst_case_fits():
@@ -124,7 +115,7 @@ def test_plan_refit_reports_the_405b_preset(tmp_path, capsys):
     """``plan-refit preset=rlvr_tulu3_405b``: one communicator where unbatched send/recv would
     create 892, and every engine rank's peak receive buffers (the embedding bucket, 4.47 GB) under
     the default bound; a bound below that bucket is one error line."""
-    from megatron_tulu.rollout.bridge.plan_cli import main
+    from megatron_tulu.commands.plan_refit import main
 
     out = tmp_path / "plan.json"
     assert main(["preset=rlvr_tulu3_405b", "--learner-gpus", "224", "--json", str(out)]) == 0

@@ -12,23 +12,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections import defaultdict
 
 import pytest
 import torch
 
-from megatron_tulu.config.schema import ModelConfig
-from megatron_tulu.models.hf_mapping import shard_from_hf
 from megatron_tulu.rollout.bridge.layouts import (
     EngineLayout,
     LearnerLayout,
     PlanError,
-    hf_shape,
     hf_tensor_names,
-    learner_global_rank,
-    megatron_params,
     vllm_region,
 )
 from megatron_tulu.rollout.bridge.planner import plan_refit
@@ -41,150 +34,15 @@ from megatron_tulu.rollout.bridge.transport import (
     send_refit,
 )
 from tests.helpers import REPO, free_port
+from tests.unit.bridge.refit_helpers import (
+    learner_tensors,
+    random_hf,
+    refit_in_threads,
+    run_parties,
+    small_model,
+)
 
 pytestmark = pytest.mark.distributed
-
-
-def small_model(*, heads=4, groups=2, head_dim=16, hidden=64, ffn=96, vocab=301, layers=2, tied=False):
-    return ModelConfig(
-        name="rand",
-        num_layers=layers,
-        hidden_size=hidden,
-        ffn_hidden_size=ffn,
-        num_attention_heads=heads,
-        num_query_groups=groups,
-        kv_channels=head_dim,
-        vocab_size=vocab,
-        tie_word_embeddings=tied,
-    )
-
-
-def random_hf(model: ModelConfig, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {n: torch.randn(hf_shape(model, n), generator=g).to(dtype) for n in hf_tensor_names(model)}
-
-
-def learner_tensors(layout: LearnerLayout, hf) -> dict[int, dict[str, torch.Tensor]]:
-    ranks: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
-    for info in megatron_params(layout):
-        for tp_rank in range(layout.tp):
-            local = shard_from_hf(
-                info.kind, [hf[n] for n in info.hf_names], layout.shapes, layout.tp, tp_rank
-            )
-            for dp_rank in range(layout.dp):
-                rank = learner_global_rank(tp_rank, info.pp_stage, dp_rank, layout.tp, layout.dp)
-                ranks[rank][info.name] = local.clone()
-    return ranks
-
-
-def run_parties(fns: list, timeout: float = 60.0) -> list:
-    """Run one callable per thread; re-raise the first failure."""
-    results, errors = [None] * len(fns), [None] * len(fns)
-
-    def wrap(i):
-        try:
-            results[i] = fns[i]()
-        except BaseException as exc:  # re-raised in the caller
-            errors[i] = exc
-
-    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), "a party hung"
-    for e in errors:
-        if e is not None:
-            raise e
-    return results
-
-
-def refit_in_threads(
-    learner,
-    engine,
-    hf,
-    *,
-    bucket_bytes,
-    checksums=False,
-    dtype=torch.float32,
-    recv_bucket_bytes=None,
-    receive_buffer_bytes=None,
-    hold=False,
-    wrap=None,
-    calls=None,
-):
-    """One refit with every party in a thread. ``hold``: the loader keeps every tensor it got
-    until its reload call returns (the worst case of vLLM's layerwise reload); ``wrap(group)``
-    replaces a party's group (e.g. :class:`CoalescingSpy`); ``calls[(e, n)]`` collects the HF
-    names of each reload call."""
-    plan = plan_refit(learner, engine)
-    local = learner_tensors(learner, hf)
-    world = learner.world_size + engine.world_size
-    port = free_port()
-    seen: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-    calls = {} if calls is None else calls
-    wrap = wrap or (lambda g: g)
-
-    def learner_party(rank):
-        def fn():
-            group = init_refit_group("127.0.0.1", port, rank, world, "gloo", timeout_s=30)
-            try:
-                return send_refit(
-                    plan,
-                    local[rank],
-                    wrap(group),
-                    rank,
-                    bucket_bytes=bucket_bytes,
-                    receive_buffer_bytes=receive_buffer_bytes,
-                    checksums=checksums,
-                    timeout_s=30,
-                )
-            finally:
-                destroy_refit_group(group)
-
-        return fn
-
-    def receiver_party(e, n):
-        def fn():
-            group = init_refit_group(
-                "127.0.0.1", port, learner.world_size + e * engine.tp + n, world, "gloo", 30
-            )
-            got = seen.setdefault((e, n), {})
-            mine = calls.setdefault((e, n), [])
-
-            def load(stream):
-                held, names = [], []
-                for name, full in stream:
-                    assert tuple(full.shape) == hf[name].shape
-                    region = vllm_region(learner.model, name, n, engine.tp)
-                    got[name] = full[tuple(slice(a, b) for a, b in region)].clone()
-                    names.append(name)
-                    if hold:
-                        held.append(full)
-                mine.append(names)
-
-            try:
-                return receive_refit(
-                    plan,
-                    e,
-                    n,
-                    wrap(group),
-                    load,
-                    dtype=dtype,
-                    bucket_bytes=recv_bucket_bytes or bucket_bytes,
-                    receive_buffer_bytes=receive_buffer_bytes,
-                    checksums=checksums,
-                    timeout_s=30,
-                )
-            finally:
-                destroy_refit_group(group)
-
-        return fn
-
-    parties = [learner_party(r) for r in range(learner.world_size)]
-    parties += [receiver_party(e, n) for e in range(engine.num_engines) for n in range(engine.tp)]
-    stats = run_parties(parties)
-    return plan, stats[: learner.world_size], stats[learner.world_size :], seen
 
 
 LAYOUTS = [

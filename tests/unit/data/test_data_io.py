@@ -6,14 +6,16 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from megatron_tulu.data.io import (
-    INVALID_JSON,
-    INVALID_UTF8,
     NOT_AN_OBJECT,
+    WRONG_TYPE,
     DataError,
+    RowError,
     SkipReport,
     as_path_list,
     read_rows,
 )
+from megatron_tulu.data.loading import ParsedRow, parse_rows
+from megatron_tulu.jsonl import INVALID_JSON, INVALID_UTF8
 
 
 def test_jsonl_locations_count_blank_lines(jsonl):
@@ -93,3 +95,24 @@ def test_missing_path_and_path_lists(tmp_path):
     assert len(as_path_list(["a", "b"])) == 2
     with pytest.raises(ValueError):
         as_path_list([])
+
+
+def _parse_x(row):
+    if not isinstance(row.get("x"), int):
+        raise RowError(WRONG_TYPE, "x must be an integer")
+    return row["x"] * 10
+
+
+def test_parse_rows_keeps_location_and_id_and_reports_bad_rows(jsonl, tmp_path):
+    """The one row loop of the SFT, preference and RLVR loaders (data/loading.py)."""
+    a = jsonl([{"x": 1, "id": 7}, {"x": "no"}, "nope"], name="a.jsonl")
+    b = jsonl([{"x": 2}], name="b.jsonl")
+    skip = SkipReport()
+    got = parse_rows([a, b], _parse_x, skip)
+    assert got == [ParsedRow(f"{a}:1", "7", 10), ParsedRow(f"{b}:1", None, 20)]
+    assert skip.counts == {WRONG_TYPE: 1, INVALID_JSON: 1} and skip.locations[WRONG_TYPE] == [f"{a}:2"]
+    with pytest.raises(DataError, match=f"^{a}:2: x must be an integer$"):
+        parse_rows(a, _parse_x, None)
+    bad = jsonl([{"x": "no"}], name="bad.jsonl")
+    with pytest.raises(DataError, match="no usable rows: every row was bad and skipped"):
+        parse_rows(bad, _parse_x, SkipReport())

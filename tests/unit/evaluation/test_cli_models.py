@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from megatron_tulu.commands.eval import main
 from megatron_tulu.engine.checkpoint import META
-from megatron_tulu.evaluation.cli import EvalUsageError, main, resolve_models
+from megatron_tulu.evaluation.models import EvalUsageError, resolve_models
 
 
 def _step(root, n):

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
+from megatron_tulu.commands.eval import main as eval_main
+from megatron_tulu.commands.verify import main as verify_main
 from megatron_tulu.data.chat_template import render_tulu
 from megatron_tulu.evaluation import EvalItem, build_messages, encode_items, load_tasks, read_task_file
-from megatron_tulu.evaluation.cli import main as eval_main
 from megatron_tulu.evaluation.contamination import contamination_report
 from megatron_tulu.evaluation.metrics import task_metrics
 from megatron_tulu.evaluation.runner import EvalRun, score_texts
 from megatron_tulu.evaluation.tasks import SHIPPED, TaskFileError, parse_task_spec
-from megatron_tulu.rewards.verify_cli import main as verify_main
 
 # a response that follows each shipped IFEval item, in fixture order
 IFEVAL_GOOD = [

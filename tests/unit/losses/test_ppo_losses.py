@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
+from megatron_tulu.losses.estimators import ESTIMATORS, get_estimator
 from megatron_tulu.losses.ppo import (
-    ADVANTAGE_ESTIMATORS,
     MaskedLoss,
     broadcast_to_tokens,
     explained_variance,
     gae,
-    get_advantage_estimator,
     grpo_advantages,
     kl_penalty,
     last_valid_index,
@@ -266,8 +265,8 @@ def test_grpo_group_normalization():
 
 def test_grpo_estimator_broadcasts_to_valid_tokens():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    estimate = get_advantage_estimator("grpo")
-    adv, returns = estimate(rewards=None, values=None, scores=t(1.0, 3.0), mask=mask, group_size=2)
+    estimate = get_estimator("grpo").fn
+    adv, returns = estimate(scores=t(1.0, 3.0), mask=mask, group_size=2)
     a = 1.0 / (math.sqrt(2.0) + 1e-6)
     close(adv, [[-a, -a, 0.0], [a, 0.0, 0.0]])
     assert returns is None
@@ -278,20 +277,18 @@ def test_gae_estimator_returns_from_raw_advantages_then_whitens():
     rewards = t([0.1, -0.2, 10.0, 0.0], [0.0, 0.3, -10.0, 0.0])
     values = t([0.5, 1.0, 2.0, 9.0], [0.2, 0.1, 0.4, 9.0])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
-    adv, returns = ADVANTAGE_ESTIMATORS["gae"](rewards=rewards, values=values, scores=None, mask=mask)
+    adv, returns = ESTIMATORS["gae"].fn(rewards=rewards, values=values, mask=mask)
     raw, raw_returns = gae(rewards, values, mask, gamma=1.0, lam=0.95)
     torch.testing.assert_close(returns, raw_returns)
     torch.testing.assert_close(adv, masked_whiten(raw, mask))
     close(masked_mean(adv, mask), 0.0)
     close(masked_var(adv, mask), 1.0)
-    unwhitened, _ = get_advantage_estimator("gae")(
-        rewards=rewards, values=values, scores=None, mask=mask, whiten=False
-    )
+    unwhitened, _ = get_estimator("gae").fn(rewards=rewards, values=values, mask=mask, whiten=False)
     torch.testing.assert_close(unwhitened, raw)
     with pytest.raises(ValueError, match="value model"):
-        get_advantage_estimator("gae")(rewards=rewards, values=None, scores=None, mask=mask)
+        get_estimator("gae").fn(rewards=rewards, values=None, mask=mask)
 
 
 def test_unknown_estimator_lists_registered():
     with pytest.raises(UnknownNameError, match="registered: gae, grpo"):
-        get_advantage_estimator("reinforce")
+        get_estimator("reinforce")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from megatron_tulu.rewards.decontaminate import main as decontaminate_main
-from megatron_tulu.rewards.verify_cli import main as verify_main
+from megatron_tulu.commands.decontaminate import main as decontaminate_main
+from megatron_tulu.commands.verify import main as verify_main
 
 GOOD = {"prompt": "q", "response": "It is 4", "ground_truth": "4", "dataset": "gsm8k"}
 

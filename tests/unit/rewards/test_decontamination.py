@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from megatron_tulu.rewards.decontaminate import extract_prompt, main
+from megatron_tulu.commands.decontaminate import main
+from megatron_tulu.data.decontaminate import extract_prompt
 from megatron_tulu.rewards.ngram_overlap import EvalIndex, tokenize
 
 EVAL_QUESTION = (

@@ -135,23 +135,31 @@ def test_word_constraint(words, quantifier, n, expected):
     assert score(text, "validate_word_constraint", N=n, quantifier=quantifier) == expected
 
 
+# (quantifier, N, verdict) for a response holding exactly three of what the function counts
+THREE_COUNTED = [
+    ("at least", 3, 1.0),
+    ("at least", 4, 0.0),
+    ("at most", 3, 1.0),
+    ("at most", 2, 0.0),
+    ("around", 4, 1.0),  # ±1 at these N (sentences: always 1; capital words: max(round(N / 10), 1))
+    ("around", 5, 0.0),
+    ("around", 2, 1.0),
+    ("around", 1, 0.0),
+]
+
+
+@pytest.mark.parametrize(("quantifier", "n", "expected"), THREE_COUNTED)
 @pytest.mark.parametrize(
-    ("quantifier", "n", "expected"),
+    ("func_name", "text"),
     [
-        ("at least", 3, 1.0),
-        ("at least", 4, 0.0),
-        ("at most", 3, 1.0),
-        ("at most", 2, 0.0),
-        ("around", 4, 1.0),
-        ("around", 5, 0.0),
-        ("around", 2, 1.0),
-        ("around", 1, 0.0),
+        # three sentences: "e.g." and "Mr." are not breaks
+        ("verify_sentence_constraint", "I like fruit, e.g. apples. Mr. Smith agrees! Do you?"),
+        # three capital words: "I", "NASA", "OK" count; "Hello" and "ABCs" do not
+        ("validate_frequency_capital_words", "Hello I saw NASA today, OK? ABCs"),
     ],
 )
-def test_sentence_constraint(quantifier, n, expected):
-    # Three sentences: "e.g." and "Mr." are not breaks.
-    text = "I like fruit, e.g. apples. Mr. Smith agrees! Do you?"
-    assert score(text, "verify_sentence_constraint", N=n, quantifier=quantifier) == expected
+def test_quantified_count_of_three(func_name, text, quantifier, n, expected):
+    assert score(text, func_name, N=n, quantifier=quantifier) == expected
 
 
 def test_paragraphs_count_and_first_word():
@@ -241,24 +249,6 @@ def test_upper_and_lower_case():
     assert score("HELLo", "validate_uppercase") == 0.0
     assert score("hello 42!", "validate_lowercase") == 1.0
     assert score("hellO", "validate_lowercase") == 0.0
-
-
-@pytest.mark.parametrize(
-    ("quantifier", "n", "expected"),
-    [
-        ("at least", 3, 1.0),
-        ("at least", 4, 0.0),
-        ("at most", 3, 1.0),
-        ("at most", 2, 0.0),
-        ("around", 4, 1.0),
-        ("around", 5, 0.0),
-        ("around", 2, 1.0),
-    ],
-)
-def test_frequency_capital_words(quantifier, n, expected):
-    # "I", "NASA", "OK" count; "Hello" and "ABCs" do not.
-    text = "Hello I saw NASA today, OK? ABCs"
-    assert score(text, "validate_frequency_capital_words", N=n, quantifier=quantifier) == expected
 
 
 def test_end_phrase():

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from megatron_tulu.commands.verify import main as verify_main
 from megatron_tulu.rewards import compute_rewards, verify_sample
 from megatron_tulu.rewards.gsm8k import verify_gsm8k
 from megatron_tulu.rewards.math_verifier import verify_math
 from megatron_tulu.rewards.thinking import open_instruct_answer, strip_thinking
-from megatron_tulu.rewards.verify_cli import main as verify_main
 
 # ------------------------------------------------------------------ MATH raw-text rule
 

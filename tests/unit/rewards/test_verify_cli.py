@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from megatron_tulu.rewards.verify_cli import main
+from megatron_tulu.commands.verify import main
 
 IFEVAL_GT = {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
 GOOD_ROWS = [

@@ -3,6 +3,7 @@
 Input rows: `{"prompt": str, "response": str, "ground_truth": ..., "dataset": str,
 "finish_reason": str | null (optional)}`. Output: the same rows, in order, plus `reward`, `score`,
 `stopped_at_eos` and `verification` (the verifier's details). Prints accuracy per dataset.
+Reading, validating and writing: :mod:`megatron_tulu.rewards.generations`.
 
 Rows are held in memory (generation files are small next to RAM). Every row is validated before
 any scoring starts, so a malformed file fails fast with its file and
@@ -14,14 +15,10 @@ never leaves a partial file behind.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import threading
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from megatron_tulu.rewards.assembly import (
@@ -30,124 +27,8 @@ from megatron_tulu.rewards.assembly import (
     DEFAULT_TIME_LIMIT_S,
     compute_rewards,
 )
+from megatron_tulu.rewards.generations import MalformedRowError, load_rows, summarize, write_jsonl_atomically
 from megatron_tulu.rewards.gsm8k import RULES as GSM8K_RULES
-from megatron_tulu.rewards.registry import InvalidGroundTruthError, UnknownDatasetError, get_verifier
-from megatron_tulu.rewards.types import RewardResult
-
-_STRING_FIELDS = ("prompt", "response", "dataset")
-
-
-class MalformedRowError(ValueError):
-    """A row that cannot be scored; the message names the file and line."""
-
-
-@dataclass
-class LoadedRows:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
-
-
-def _check_row(row: Any) -> None:
-    if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    for name in _STRING_FIELDS:
-        if name not in row:
-            raise ValueError(f"missing field {name!r}")
-        if not isinstance(row[name], str):
-            raise ValueError(f"field {name!r} must be a string, got {type(row[name]).__name__}")
-    if row.get("ground_truth") is None:
-        raise ValueError("missing field 'ground_truth'")
-    finish_reason = row.get("finish_reason")
-    if finish_reason is not None and not isinstance(finish_reason, str):
-        raise ValueError(
-            f"field 'finish_reason' must be a string or null, got {type(finish_reason).__name__}"
-        )
-    verifier = get_verifier(row["dataset"])  # UnknownDatasetError names the registered ones
-    if verifier.validate is not None:
-        verifier.validate(row["ground_truth"])
-
-
-def load_rows(path: str, skip_bad: bool) -> LoadedRows:
-    """Read and validate every row; raise MalformedRowError on the first bad one unless `skip_bad`."""
-    loaded = LoadedRows()
-    # Bytes, decoded line by line: a text-mode read fails on the first bad byte with a bare
-    # UnicodeDecodeError that names neither file nor line, and --skip-bad could not skip it.
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # UTF-8 byte order mark
-            if not raw.strip():
-                continue
-            try:
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ValueError(f"invalid UTF-8 at byte {exc.start} of the line") from None
-                # Without the line ending, so a truncated line's error names its last column.
-                row = json.loads(line.rstrip("\r\n"))
-                _check_row(row)
-            except (ValueError, UnknownDatasetError, InvalidGroundTruthError) as exc:
-                reason = (
-                    f"invalid JSON: {exc.msg} at column {exc.colno}"
-                    if isinstance(exc, json.JSONDecodeError)
-                    else str(exc)
-                )
-                if not skip_bad:
-                    raise MalformedRowError(f"{path}:{line_number}: {reason}") from None
-                loaded.skipped.append((line_number, reason))
-                continue
-            loaded.rows.append(row)
-    return loaded
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_jsonl_atomically(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600
-        os.replace(temp_path, path)
-    except BaseException:
-        try:
-            os.unlink(temp_path)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def summarize(results: Sequence[RewardResult]) -> list[dict[str, Any]]:
-    """Per-dataset accuracy table rows (plus an "all" row)."""
-    groups: dict[str, list[RewardResult]] = defaultdict(list)
-    for result in results:
-        groups[result.dataset].append(result)
-    if len(groups) > 1:
-        groups["all"] = list(results)
-    table = []
-    for name, group in groups.items():
-        n = len(group)
-        table.append(
-            {
-                "dataset": name,
-                "n": n,
-                "accuracy": sum(r.score for r in group) / n,
-                "fully_correct": sum(r.score >= 1.0 for r in group) / n,
-                "no_eos": sum(not r.stopped_at_eos for r in group),
-                "errors": sum("error" in r.details for r in group),
-                "mean_reward": sum(r.reward for r in group) / n,
-            }
-        )
-    return table
 
 
 def format_table(table: Sequence[dict[str, Any]]) -> str:
@@ -257,3 +138,7 @@ def main(argv: list[str]) -> int:
         + (f"; skipped {len(loaded.skipped)}" if loaded.skipped else "")
     )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

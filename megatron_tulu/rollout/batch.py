@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
+
+from megatron_tulu.engine.collectives import all_reduce
 
 
 @dataclass
@@ -73,3 +76,25 @@ def build_rollout_tensors(
             engine_logp[i, p - 1 : p - 1 + len(s.response_ids)] = torch.tensor(s.engine_logprobs)
         out["engine_logp"] = engine_logp
     return out
+
+
+def split_micro(data: dict[str, torch.Tensor], idx: Sequence[int], mbs: int) -> list[dict[str, torch.Tensor]]:
+    """The rows ``idx`` of every tensor of ``data``, cut into micro-batches of ``mbs`` rows."""
+    index = torch.tensor(list(idx))
+    return [{k: v[index[i : i + mbs]] for k, v in data.items()} for i in range(0, len(index), mbs)]
+
+
+def engine_logprob_gap(data: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Largest and mean |engine log-prob - learner log-prob| over the batch's response tokens (all
+    learner ranks). With on-policy batches both sides hold the same weights, so this measures the
+    refit and the two implementations (fp32 CPU: ~1e-6); a stale (async) batch adds the update."""
+    if "logp_as_engine" not in data or "engine_logp" not in data:
+        return {}
+    mask = data["mask"]
+    gap = (data["engine_logp"] - data["logp_as_engine"]).abs() * mask
+    stats = torch.tensor([float(gap.max()) if gap.numel() else 0.0, float(gap.sum()), float(mask.sum())])
+    stats = torch.cat([all_reduce(stats[:1], dist.ReduceOp.MAX), all_reduce(stats[1:])])
+    return {
+        "rollout/engine_logprob_gap_max": float(stats[0]),
+        "rollout/engine_logprob_gap_mean": float(stats[1] / stats[2].clamp(min=1)),
+    }

@@ -1,36 +1,34 @@
-"""`megatron-tulu decontaminate`: remove training prompts that overlap evaluation prompts.
+"""Decontamination of training data (Tülu 3 §3.2): 8-gram matching on prompts only, the training
+rows read from JSONL, HF datasets saved with `save_to_disk` or parquet (``megatron-tulu
+decontaminate``, :mod:`megatron_tulu.commands.decontaminate`; the eval command's contamination
+report, :mod:`megatron_tulu.evaluation.contamination`).
 
-Tülu 3 §3.2: 8-gram matching on prompts only. A training instance is removed when it covers more
-than 50% of the tokens of some eval instance (see `ngram_overlap`). A training dataset is flagged
-as contaminated when its instances overlap more than 2% of the instances of any eval set; the
-paper then dropped such datasets entirely or kept only the clean instances, a decision left to the
-user (the flag is reported, and the cleaned copy is always written).
+A training instance is removed when it covers more than 50% of the tokens of some eval instance
+(:class:`megatron_tulu.rewards.ngram_overlap.EvalIndex`, the matching itself). A training dataset
+is flagged as contaminated when its instances overlap more than 2% of the instances of any eval
+set (:func:`contamination_table`).
 
-Inputs are JSONL files, HF datasets saved with `save_to_disk` (a directory), or parquet: one file
-or a folder in the hub layout (`data/train-*.parquet`; kept rows are then written as JSONL). The prompt of a row
-is, by default, the concatenated user turns of `messages`, else `prompt` (a string, or a
-messages list), else `question`/`problem`/`instruction` (common eval-set fields); `--field`
-overrides that order. Outputs in `--out`:
-  <name>.jsonl (or <name>/ for an HF dataset)  the training rows that were kept
-  <name>.removed_ids.txt                       ids of removed rows (`id` field, else file:line)
-  report.json                                  all numbers printed in the table, plus each
-                                               removed row's matching eval instances
+The prompt of a row is, by default, the concatenated user turns of `messages`, else `prompt` (a
+string, or a messages list), else `question`/`problem`/`instruction` (common eval-set fields).
+:func:`decontaminate_file` writes, in its output directory, the kept rows (``<name>.jsonl``, or
+``<name>/`` for an HF dataset; parquet input is written as JSONL) and the removed ids
+(``<name>.removed_ids.txt``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megatron_tulu.data.io import DataError, _is_save_to_disk, read_rows
+from megatron_tulu.jsonl import JsonlLineError, jsonl_lines
+from megatron_tulu.rewards.generations import current_umask
 from megatron_tulu.rewards.ngram_overlap import EvalIndex
-from megatron_tulu.rewards.verify_cli import _current_umask
 
 DEFAULT_FIELDS = ("messages", "prompt", "question", "problem", "instruction")
 
@@ -65,8 +63,6 @@ class Row:
 
 def _is_hf_dataset(path: str) -> bool:
     """A folder written by `save_to_disk` (kept rows are written back the same way)."""
-    from megatron_tulu.data.io import _is_save_to_disk
-
     return os.path.isdir(path) and _is_save_to_disk(Path(path))
 
 
@@ -77,8 +73,6 @@ def _is_parquet(path: str) -> bool:
 
 def _iter_parquet_rows(path: str, fields: Sequence[str]) -> Iterator[Row]:
     # Kept rows of parquet input are written as JSONL (`raw_line` is the row as JSON).
-    from megatron_tulu.data.io import DataError, read_rows
-
     try:
         for index, (location, row) in enumerate(read_rows(path)):
             prompt = extract_prompt(row, fields)
@@ -97,34 +91,16 @@ def iter_rows(path: str, fields: Sequence[str]) -> Iterator[Row]:
     if _is_parquet(path):
         yield from _iter_parquet_rows(path, fields)
         return
-    # Bytes, decoded line by line, so a bad byte is reported with its file and line (a text-mode
-    # read raises a bare UnicodeDecodeError).
-    with open(path, "rb") as handle:
-        index = 0
-        for line_number, raw in enumerate(handle, start=1):
-            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # UTF-8 byte order mark
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{path}:{line_number}: invalid UTF-8 at byte {exc.start} of the line"
-                ) from None
-            try:
-                # Without the line ending, so a truncated line's error names its last column.
-                row = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as exc:
-                raise InputError(
-                    f"{path}:{line_number}: invalid JSON: {exc.msg} at column {exc.colno}"
-                ) from None
-            prompt = extract_prompt(row, fields)
-            if prompt is None:
-                raise InputError(f"{path}:{line_number}: no prompt found (looked for {', '.join(fields)})")
-            key = str(row["id"]) if row.get("id") is not None else f"{path}:{line_number}"
-            yield Row(key, prompt, line, index)
-            index += 1
+    index = 0
+    for line_number, line, row in jsonl_lines(path):
+        if isinstance(row, JsonlLineError):
+            raise InputError(f"{path}:{line_number}: {row}")
+        prompt = extract_prompt(row, fields)
+        if prompt is None:
+            raise InputError(f"{path}:{line_number}: no prompt found (looked for {', '.join(fields)})")
+        key = str(row["id"]) if row.get("id") is not None else f"{path}:{line_number}"
+        yield Row(key, prompt, line, index)
+        index += 1
 
 
 def _load_hf(path: str) -> Any:
@@ -154,7 +130,7 @@ def _dataset_name(path: str) -> str:
     return base
 
 
-def _unique_names(paths: Sequence[str]) -> list[str]:
+def unique_names(paths: Sequence[str]) -> list[str]:
     names: list[str] = []
     for path in paths:
         name = candidate = _dataset_name(path)
@@ -181,7 +157,7 @@ def build_eval_index(
 ) -> tuple[EvalIndex, dict[str, int]]:
     index = EvalIndex(ngram)
     sizes: dict[str, int] = {}
-    for name, path in zip(_unique_names(eval_paths), eval_paths):
+    for name, path in zip(unique_names(eval_paths), eval_paths):
         count = 0
         for row in iter_rows(path, fields):
             index.add(name, row.key, row.prompt)
@@ -229,7 +205,7 @@ def decontaminate_file(
             os.unlink(temp_path)
             _load_hf(path).select(kept_indices).save_to_disk(os.path.join(out_dir, name))
         else:
-            os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600
+            os.chmod(temp_path, 0o666 & ~current_umask())  # mkstemp creates 0600
             os.replace(temp_path, os.path.join(out_dir, f"{name}.jsonl"))
     except BaseException:
         if os.path.exists(temp_path):
@@ -240,33 +216,11 @@ def decontaminate_file(
     return report
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="megatron-tulu decontaminate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", nargs="+", required=True, help="training JSONL files / HF dataset dirs")
-    parser.add_argument("--eval", nargs="+", required=True, help="evaluation JSONL files / HF dataset dirs")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--ngram", type=int, default=8)
-    parser.add_argument(
-        "--threshold", type=float, default=0.5, help="instance overlap: > this token fraction"
-    )
-    parser.add_argument(
-        "--dataset-threshold",
-        type=float,
-        default=0.02,
-        help="flag a training set overlapping > this eval fraction",
-    )
-    parser.add_argument(
-        "--field",
-        action="append",
-        default=None,
-        help=f"prompt field(s), tried in order (default: {DEFAULT_FIELDS})",
-    )
-    return parser.parse_args(argv)
-
-
-def _table(
+def contamination_table(
     reports: Sequence[TrainReport], eval_sizes: dict[str, int], dataset_threshold: float
 ) -> list[dict]:
+    """One row per (training set, eval set): the eval instances overlapped, their share and the
+    ``contaminated`` flag (share > ``dataset_threshold``)."""
     rows = []
     for report in reports:
         for eval_set, size in eval_sizes.items():
@@ -285,50 +239,3 @@ def _table(
                 }
             )
     return rows
-
-
-def main(argv: list[str]) -> int:
-    args = _parse_args(argv)
-    fields = tuple(args.field) if args.field else DEFAULT_FIELDS
-    os.makedirs(args.out, exist_ok=True)
-    try:
-        index, eval_sizes = build_eval_index(args.eval, fields, args.ngram)
-        reports = [
-            decontaminate_file(path, name, index, fields, args.threshold, args.out)
-            for name, path in zip(_unique_names(args.train), args.train)
-        ]
-    except (InputError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-    table = _table(reports, eval_sizes, args.dataset_threshold)
-    header = f"{'train':<24} {'eval':<20} {'overlap':>12} {'%':>7} {'train rows hit':>15}  flag"
-    print(header)
-    print("-" * len(header))
-    for row in table:
-        overlap = f"{row['eval_instances_overlapped']}/{row['eval_instances']}"
-        flag = "CONTAMINATED" if row["contaminated"] else ""
-        print(
-            f"{row['train']:<24} {row['eval']:<20} {overlap:>12} {100 * row['fraction']:>6.2f}% "
-            f"{row['train_rows_matched']:>8}/{row['train_rows']:<6}  {flag}"
-        )
-    if index.too_short:
-        print(f"note: {index.too_short} eval instance(s) shorter than {args.ngram} tokens cannot be matched")
-    flagged = sorted({row["train"] for row in table if row["contaminated"]})
-    print(
-        f"contaminated training sets (> {100 * args.dataset_threshold:g}% of an eval set): {flagged or 'none'}"
-    )
-    report = {
-        "ngram": args.ngram,
-        "threshold": args.threshold,
-        "dataset_threshold": args.dataset_threshold,
-        "tokenization": "lowercase, \\w+ runs",
-        "eval_sets": eval_sizes,
-        "eval_instances_too_short": index.too_short,
-        "table": table,
-        "contaminated_training_sets": flagged,
-        "removed": {r.name: r.removed_rows for r in reports},
-    }
-    with open(os.path.join(args.out, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    return 0

@@ -1,4 +1,4 @@
-"""Argument helpers shared by commands: argparse flags plus trailing Hydra overrides."""
+"""Argument helpers shared by the commands: argparse flags plus trailing Hydra overrides."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from megatron_tulu.cli_args import parse_flags_and_overrides, run_config
+from megatron_tulu.commands._args import parse_flags_and_overrides, run_config
 from megatron_tulu.config.schema import ModelConfig
 
 

@@ -13,7 +13,7 @@ below override them); DP comes from ``--learner-gpus`` (or ``--learner-nodes`` x
 ``--gpus-per-node``, or ``parallel.dp`` when set, else 1).
 
 Besides bytes and time it reports what the engine ranks pay for a refit
-(:mod:`.schedule`): the NCCL communicators of the refit group (one; unbatched send/recv would
+(:mod:`megatron_tulu.rollout.bridge.schedule`): the NCCL communicators of the refit group (one; unbatched send/recv would
 create one per link) and, per engine rank, the peak of its receive buffers under
 ``refit_receive_buffer_mb`` and the reload calls that takes at worst.
 """
@@ -26,13 +26,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from megatron_tulu.rollout.bridge.layouts import (
-    DTYPE_BYTES,
-    WEIGHT_DTYPES,
-    EngineLayout,
-    LearnerLayout,
-    PlanError,
-)
+from megatron_tulu.dtypes import BYTES as DTYPE_BYTES
+from megatron_tulu.rollout.bridge.layouts import WEIGHT_DTYPES, EngineLayout, LearnerLayout, PlanError
 from megatron_tulu.rollout.bridge.planner import NaiveSummary, RefitPlan, naive_broadcast_summary, plan_refit
 from megatron_tulu.rollout.bridge.schedule import MIB, ReceiveSchedule, receive_schedule
 
