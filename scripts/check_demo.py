@@ -48,7 +48,12 @@ def recorded(summary: dict[str, Any]) -> dict[str, Any]:
     stages = {
         name: {k: v for k, v in row.items() if k != "minutes"} for name, row in summary["stages"].items()
     }
-    return {"stages": stages, "paired": summary["paired"], "cpu_isa": summary.get("cpu_isa")}
+    return {
+        "stages": stages,
+        "paired": summary["paired"],
+        "cpu_isa": summary.get("cpu_isa"),
+        "packages": summary.get("packages"),
+    }
 
 
 def readme_block(text: str) -> tuple[int, int]:
@@ -80,12 +85,13 @@ def check(run: Path | None) -> list[str]:
     if run is not None:
         summary = read_summary(run)
         run_problems = diff(table, format_results(summary), str(RECORD), str(run))
-        recorded_isa, run_isa = read_summary(RECORD).get("cpu_isa"), summary.get("cpu_isa")
-        if run_problems and recorded_isa != run_isa:
-            run_problems.append(
-                f"note: recorded on a CPU with {recorded_isa or 'unknown ISA flags'}, run on one with "
-                f"{run_isa or 'unknown ISA flags'}: the demo is bit-reproducible on one ISA only"
-            )
+        record = read_summary(RECORD)
+        for key in ("cpu_isa", "packages"):
+            if run_problems and record.get(key) != summary.get(key):
+                run_problems.append(
+                    f"note: {key} differs (recorded {record.get(key)}, this run {summary.get(key)}): "
+                    "the demo is bit-reproducible in one environment only"
+                )
         problems += run_problems
     return problems
 

